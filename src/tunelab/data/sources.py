@@ -1,0 +1,179 @@
+"""Where examples come from: embedded datasets, local files and hub datasets, split by seed.
+
+Everything returns a ``datasets.DatasetDict`` with ``train``, ``validation`` and ``test``.
+Data that comes unsplit (or with only a train split) is split deterministically from
+``data.seed`` with ``data.split`` fractions.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from tunelab import catalog
+from tunelab.config import DataConfig
+from tunelab.errors import UserError
+
+# Local formats handled by the `datasets` packaged builders.
+LOCAL_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def load_splits(cfg: DataConfig) -> datasets.DatasetDict:
+    """Load the configured data and return train/validation/test, none of them empty."""
+    datasets.disable_progress_bars()
+    if cfg.name in catalog.CATALOG:
+        if catalog.CATALOG[cfg.name].kind != "dataset":
+            raise UserError(f"{cfg.name!r} is a model, not a dataset; datasets: {', '.join(catalog.names('dataset'))}")
+        raw = EMBEDDED_READERS[cfg.name](catalog.fetch(cfg.name))
+    elif _looks_local(cfg.name):
+        raw = _load_local(Path(cfg.name))
+    else:
+        raw = _load_hub(cfg)
+    splits = _ensure_splits(raw, cfg)
+    if cfg.max_train_examples:
+        splits["train"] = splits["train"].select(range(min(cfg.max_train_examples, len(splits["train"]))))
+    if cfg.max_eval_examples:
+        for name in ("validation", "test"):
+            splits[name] = splits[name].select(range(min(cfg.max_eval_examples, len(splits[name]))))
+    for name in SPLIT_NAMES:
+        if len(splits[name]) == 0:
+            raise UserError(f"the {name} split of {cfg.name!r} is empty; give more data or change data.split")
+    return splits
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).suffix.lower() in LOCAL_BUILDERS or Path(name).exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Embedded datasets
+
+
+def read_rt_snippets(path: Path) -> datasets.DatasetDict:
+    """Hutto & Gilbert (2014) movie-review snippets: TSV of id, mean rating (-4..4), text.
+
+    The label is the sign of the mean of 20 human ratings; the 37 snippets at exactly 0 have no
+    polarity and are dropped.
+    """
+    texts, labels = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        _id, mean, text = line.split("\t", 2)
+        score = float(mean)
+        if score == 0:
+            continue
+        texts.append(text.strip())
+        labels.append(int(score > 0))
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)})
+
+
+EMBEDDED_READERS = {"rt-snippets": read_rt_snippets}
+
+
+# --------------------------------------------------------------------------------------------
+# Local files and hub datasets
+
+
+def _load_local(path: Path) -> datasets.DatasetDict:
+    path = path.expanduser()
+    if not path.exists():
+        raise UserError(f"data file not found: {path}")
+    if path.is_dir():
+        files = {split: _split_file(path, split) for split in SPLIT_NAMES}
+        files = {k: v for k, v in files.items() if v is not None}
+        if not files:
+            raise UserError(f"no train/validation/test data files in {path}; expected e.g. train.csv, test.jsonl")
+    else:
+        files = {"train": path}
+    suffixes = {f.suffix.lower() for f in files.values()}
+    if len(suffixes) != 1 or next(iter(suffixes)) not in LOCAL_BUILDERS:
+        raise UserError(f"unsupported data file type {', '.join(sorted(suffixes))}; use one of {', '.join(LOCAL_BUILDERS)}")
+    suffix = suffixes.pop()
+    if suffix != ".parquet":
+        for f in files.values():
+            _check_utf8(f)
+    kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
+    # A throwaway cache: reading a user's file must not leave anything outside the run directory.
+    with tempfile.TemporaryDirectory(prefix="tunelab-data-") as tmp:
+        try:
+            loaded = datasets.load_dataset(LOCAL_BUILDERS[suffix], data_files={k: str(v) for k, v in files.items()},
+                                           cache_dir=tmp, keep_in_memory=True, **kwargs)
+        except Exception as exc:  # the builders raise many types; the user needs one line
+            raise UserError(f"could not read {path}: {_first_line(exc)}") from None
+    return loaded
+
+
+def _split_file(folder: Path, split: str) -> Path | None:
+    aliases = {"validation": ("validation", "valid", "val", "dev")}.get(split, (split,))
+    for alias in aliases:
+        for suffix in LOCAL_BUILDERS:
+            candidate = folder / f"{alias}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _check_utf8(path: Path) -> None:
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{path} is not UTF-8 text (line {number}, byte {exc.start}); re-save it as UTF-8") from None
+
+
+def _load_hub(cfg: DataConfig) -> datasets.DatasetDict:
+    try:
+        loaded = datasets.load_dataset(cfg.name, cfg.subset)
+    except Exception as exc:
+        known = ", ".join(catalog.names("dataset"))
+        raise UserError(
+            f"unknown dataset {cfg.name!r}: not embedded ({known}), not a local file, and the hub said: {_first_line(exc)}"
+        ) from None
+    if not isinstance(loaded, datasets.DatasetDict):
+        loaded = datasets.DatasetDict({"train": loaded})
+    return loaded
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+# --------------------------------------------------------------------------------------------
+# Splitting
+
+
+def _ensure_splits(raw: datasets.DatasetDict, cfg: DataConfig) -> datasets.DatasetDict:
+    """Keep the splits the data has; cut the missing ones from train by seed."""
+    if "dev" in raw and "validation" not in raw:
+        raw["validation"] = raw.pop("dev")
+    if "train" not in raw:
+        raise UserError(f"data {cfg.name!r} has no train split (splits: {', '.join(raw)})")
+    if all(name in raw for name in SPLIT_NAMES):
+        return datasets.DatasetDict({name: raw[name] for name in SPLIT_NAMES})
+    train = raw["train"]
+    fractions = cfg.split
+    order = np.random.default_rng(cfg.seed).permutation(len(train))
+    if "test" in raw:  # only validation is missing: take it from train, keep the proportions
+        n_valid = round(len(train) * fractions.validation / (fractions.train + fractions.validation))
+        return datasets.DatasetDict({"train": train.select(order[n_valid:]), "validation": train.select(order[:n_valid]),
+                                     "test": raw["test"]})
+    if "validation" in raw:  # test is missing: cut it from train
+        n_test = round(len(train) * fractions.test / (fractions.train + fractions.test))
+        return datasets.DatasetDict({"train": train.select(order[n_test:]), "validation": raw["validation"],
+                                     "test": train.select(order[:n_test])})
+    n_train = round(len(train) * fractions.train)
+    n_valid = round(len(train) * fractions.validation)
+    return datasets.DatasetDict({
+        "train": train.select(order[:n_train]),
+        "validation": train.select(order[n_train:n_train + n_valid]),
+        "test": train.select(order[n_train + n_valid:]),
+    })

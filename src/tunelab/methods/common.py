@@ -1,0 +1,140 @@
+"""What every method shares: freezing, the task head, the trained state, switching off.
+
+A method is a module with ``apply(model, cfg)`` that injects its tensors and freezes what it
+does not train. Everything else is generic and lives here:
+
+- the tensors to save are exactly the parameters with ``requires_grad`` (found by flag, not
+  by name), so a checkpoint holds only what training changed;
+- modules a method adds subclass :class:`AdapterModule`, which gives ``disable_adapters``
+  one switch for all of them (the frozen base is then DPO's reference model for free);
+- the task head (a classifier, or ``lm_head`` for causal LMs) always trains.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+class AdapterModule(nn.Module):
+    """Base class of every module a method injects; ``enabled`` switches it off."""
+
+    enabled: bool = True
+
+    def merge(self) -> None:  # pragma: no cover - methods without a merge keep the default
+        """Fold the adapter into the base weights, where the method allows it."""
+
+    def unmerge(self) -> None:  # pragma: no cover
+        """Undo ``merge``."""
+
+
+def freeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def head_modules(model: nn.Module) -> list[nn.Module]:
+    """The task head: new modules of a task model, else the output embedding of a causal LM.
+
+    A causal LM's ``lm_head`` is often tied to the input embeddings; training it would then
+    train the embeddings too, so it is untied first (a copy of the weight, and the config says
+    the embeddings are no longer tied).
+    """
+    if hasattr(model, "head_modules"):
+        return list(model.head_modules())
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if output is None:
+        return []
+    untie_output_embeddings(model)
+    return [model.get_output_embeddings()]
+
+
+def untie_output_embeddings(model: nn.Module) -> None:
+    output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
+    if output is not None and inputs is not None and output.weight is inputs.weight:
+        output.weight = nn.Parameter(inputs.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+        if hasattr(model, "_tied_weights_keys"):
+            model._tied_weights_keys = None
+
+
+def unfreeze(modules: list[nn.Module]) -> None:
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad_(True)
+
+
+@dataclass
+class ParameterCounts:
+    trainable: int
+    added: int
+    total: int
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"trainable_params": self.trainable, "added_params": self.added, "total_params": self.total,
+                "trainable_percent": self.trainable_percent}
+
+
+def count_parameters(model: nn.Module, base_total: int) -> ParameterCounts:
+    """``base_total`` is the pretrained model's count before the task head and the method."""
+    params = list(model.parameters())  # shared (tied) tensors are listed once
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return ParameterCounts(trainable=trainable, added=total - base_total, total=total)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Exactly the tensors training changes; what a checkpoint holds."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Put saved tensors back; every saved tensor must find its parameter and every trainable
+    parameter must be in the checkpoint, else the checkpoint belongs to another set-up."""
+    expected = set(trainable_state(model))
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        from tunelab.errors import UserError
+
+        detail = f"missing {sorted(missing)[:3]}" if missing else f"unexpected {sorted(unexpected)[:3]}"
+        raise UserError(f"checkpoint does not match the model and method in config.yaml ({detail})")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+
+
+def adapters(model: nn.Module) -> list[AdapterModule]:
+    return [m for m in model.modules() if isinstance(m, AdapterModule)]
+
+
+def merge(model: nn.Module) -> None:
+    for module in adapters(model):
+        module.merge()
+
+
+def unmerge(model: nn.Module) -> None:
+    for module in adapters(model):
+        module.unmerge()
+
+
+@contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[None]:
+    """Run the model as its base: every injected module passes its input through unchanged."""
+    modules = adapters(model)
+    previous = [m.enabled for m in modules]
+    for m in modules:
+        m.enabled = False
+    try:
+        yield
+    finally:
+        for m, was in zip(modules, previous):
+            m.enabled = was

@@ -1,0 +1,107 @@
+"""Sequence classification on an encoder: single text or text pair -> label.
+
+The model is the pretrained backbone plus a fresh head: pooling (mean over non-pad tokens, or
+the first token), dropout and a linear classifier. Batches are padded dynamically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import datasets
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from tunelab.config import ClassificationTask, DataConfig
+from tunelab.errors import UserError
+
+
+class SequenceClassifier(nn.Module):
+    """backbone -> pooled hidden state -> dropout -> classifier."""
+
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "mean", dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.config = backbone.config
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(backbone.config.hidden_size, num_labels)
+
+    def head_modules(self) -> list[nn.Module]:
+        """Modules that are new for this task and always train."""
+        return [self.classifier]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state  # (B, T, H)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
+        return self.classifier(self.dropout(pooled))  # (B, num_labels)
+
+
+@dataclass
+class LabelSet:
+    """Label names in id order, and how raw label values in the data map to ids."""
+
+    names: list[str]
+    ids: dict[str, int]
+
+    def encode(self, value, split: str) -> int:
+        key = str(value)
+        if key not in self.ids:
+            raise UserError(f"label {value!r} in the {split} split is not in the label set: {', '.join(self.ids)}")
+        return self.ids[key]
+
+
+def label_set(splits: datasets.DatasetDict, data: DataConfig) -> LabelSet:
+    """Labels come from the train split (or the ClassLabel feature, which keeps their names)."""
+    feature = splits["train"].features[data.label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return LabelSet(list(feature.names), {str(i): i for i in range(feature.num_classes)})
+    values = sorted({str(v) for v in splits["train"][data.label_column]})
+    if len(values) < 2:
+        raise UserError(f"the train split has {len(values)} distinct label(s) in {data.label_column!r}; need at least 2")
+    return LabelSet(values, {v: i for i, v in enumerate(values)})
+
+
+def check_columns(splits: datasets.DatasetDict, data: DataConfig) -> None:
+    wanted = [("data.text_column", data.text_column), ("data.label_column", data.label_column)]
+    if data.text_pair_column:
+        wanted.append(("data.text_pair_column", data.text_pair_column))
+    for split_name, split in splits.items():
+        for key, column in wanted:
+            if column not in split.column_names:
+                raise UserError(f"{key} {column!r} is not in the {split_name} split; columns: {', '.join(split.column_names)}")
+
+
+def tokenize_splits(splits: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, data: DataConfig,
+                    task: ClassificationTask, labels: LabelSet) -> datasets.DatasetDict:
+    """Token ids and label ids for every split; padding is left to the collator."""
+
+    def encode(batch, split_name):
+        pair = batch[data.text_pair_column] if data.text_pair_column else None
+        out = tokenizer(batch[data.text_column], pair, truncation=True, max_length=task.max_length)
+        out["labels"] = [labels.encode(v, split_name) for v in batch[data.label_column]]
+        return out
+
+    return datasets.DatasetDict({
+        name: split.map(encode, batched=True, fn_kwargs={"split_name": name}, remove_columns=split.column_names,
+                        keep_in_memory=True)
+        for name, split in splits.items()
+    })
+
+
+def collator(tokenizer: PreTrainedTokenizerBase):
+    return DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+
+def per_example(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every example and whether its prediction is right, both shape (B,)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs)  # (B, num_labels)
+    labels = batch["labels"]
+    return F.cross_entropy(logits, labels, reduction="none"), logits.argmax(-1) == labels
