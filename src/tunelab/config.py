@@ -225,7 +225,14 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return validate_config(raw)
 
 
+DEFAULT_NAMES = {"task": "classification", "method": "lora"}
+
+
 def validate_config(raw: dict[str, Any]) -> RunConfig:
+    # A section given without `name` (e.g. only `--task.max_length 64`) means the default kind.
+    for section, default in DEFAULT_NAMES.items():
+        if isinstance(raw.get(section), dict) and "name" not in raw[section]:
+            raw = {**raw, section: {"name": default, **raw[section]}}
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

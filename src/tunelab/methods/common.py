@@ -37,18 +37,21 @@ def freeze(model: nn.Module) -> None:
         p.requires_grad_(False)
 
 
-def head_modules(model: nn.Module) -> list[nn.Module]:
-    """The task head: new modules of a task model, else the output embedding of a causal LM.
+def task_head(model: nn.Module) -> list[nn.Module]:
+    """Modules new for the task (a classifier): they start random, so every method trains them."""
+    return list(model.head_modules()) if hasattr(model, "head_modules") else []
+
+
+def output_head(model: nn.Module) -> list[nn.Module]:
+    """What head-only tuning trains: the task head, else a causal LM's ``lm_head``.
 
     A causal LM's ``lm_head`` is often tied to the input embeddings; training it would then
     train the embeddings too, so it is untied first (a copy of the weight, and the config says
     the embeddings are no longer tied).
     """
-    if hasattr(model, "head_modules"):
-        return list(model.head_modules())
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if output is None:
-        return []
+    heads = task_head(model)
+    if heads or not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
+        return heads
     untie_output_embeddings(model)
     return [model.get_output_embeddings()]
 
@@ -99,6 +102,7 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Put saved tensors back; every saved tensor must find its parameter and every trainable
     parameter must be in the checkpoint, else the checkpoint belongs to another set-up."""
+    unmerge(model)  # new adapter tensors must not meet base weights that hold the old update
     expected = set(trainable_state(model))
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
@@ -128,13 +132,20 @@ def unmerge(model: nn.Module) -> None:
 
 @contextmanager
 def disable_adapters(model: nn.Module) -> Iterator[None]:
-    """Run the model as its base: every injected module passes its input through unchanged."""
+    """Run the model as its base: every injected module passes its input through unchanged.
+
+    Merged adapters are unmerged for the duration (their update lives in the base weights)
+    and merged again afterwards.
+    """
     modules = adapters(model)
-    previous = [m.enabled for m in modules]
+    previous = [(m.enabled, getattr(m, "merged", False)) for m in modules]
     for m in modules:
+        m.unmerge()
         m.enabled = False
     try:
         yield
     finally:
-        for m, was in zip(modules, previous):
-            m.enabled = was
+        for m, (was_enabled, was_merged) in zip(modules, previous):
+            m.enabled = was_enabled
+            if was_merged:
+                m.merge()

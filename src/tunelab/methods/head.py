@@ -11,12 +11,12 @@ from torch import nn
 
 from tunelab.config import HeadMethod
 from tunelab.errors import UserError
-from tunelab.methods.common import freeze, head_modules, unfreeze
+from tunelab.methods.common import freeze, output_head, unfreeze
 from tunelab.models.loading import transformer_blocks
 
 
 def apply(model: nn.Module, cfg: HeadMethod, family: str) -> None:
-    heads = head_modules(model)
+    heads = output_head(model)
     freeze(model)
     unfreeze(heads)
     if cfg.last_n_layers:

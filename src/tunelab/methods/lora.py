@@ -19,7 +19,7 @@ from transformers.pytorch_utils import Conv1D
 
 from tunelab.config import LoRAMethod
 from tunelab.errors import UserError
-from tunelab.methods.common import AdapterModule, freeze, head_modules, unfreeze
+from tunelab.methods.common import AdapterModule, freeze, task_head, unfreeze
 
 # Default targets per architecture family: the attention's query, key and value projections.
 DEFAULT_TARGETS = {
@@ -122,7 +122,7 @@ def linear_layer_names(model: nn.Module) -> list[str]:
 
 def apply(model: nn.Module, cfg: LoRAMethod, family: str) -> None:
     """Wrap the targeted layers, then train only LoRA's A and B (and the task head)."""
-    heads = head_modules(model)
+    heads = task_head(model)
     freeze(model)
     targets = [parse_target(t) for t in (cfg.target_modules or DEFAULT_TARGETS.get(family, DEFAULT_TARGETS["bert"]))]
     head_ids = {id(m) for h in heads for m in h.modules()}

@@ -1,0 +1,107 @@
+"""Shared fixtures: tiny models built in the test (BERT, Llama, GPT-2) and tiny local data.
+
+Nothing here touches the network; the end-to-end tests on the real embedded models are the
+ones marked ``e2e``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (BertConfig, BertModel, BertTokenizerFast, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = ("good great fine bad awful poor movie film plot actor story dull fun boring superb weak "
+         "the a is was and but not very").split()
+
+
+def tiny_bert(seed: int = 0) -> BertModel:
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64)
+    return BertModel(cfg).eval()
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, intermediate_size=32, max_position_embeddings=64,
+                      tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture
+def tiny_models():
+    return {"bert": tiny_bert, "llama": tiny_llama, "gpt2": tiny_gpt2}
+
+
+def _save_tiny_bert(folder: Path, dropout: float) -> Path:
+    """A tiny BERT with a word-level vocabulary, saved like a hub model folder."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64,
+                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    BertModel(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    return _save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), dropout=0.1)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_no_dropout_dir(tmp_path_factory) -> Path:
+    """Without dropout, so differently shaped micro-batches see the same function."""
+    return _save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-nodrop"), dropout=0.0)
+
+
+def write_sentiment_csv(path: Path, n: int = 60, seed: int = 0) -> Path:
+    """Short synthetic reviews whose label follows the sentiment words they contain."""
+    rng = random.Random(seed)
+    pos, neg = ["good", "great", "fun", "superb"], ["bad", "awful", "dull", "boring"]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        for i in range(n):
+            label = i % 2
+            word = rng.choice(pos if label else neg)
+            filler = rng.sample(["the", "movie", "plot", "was", "very", "film", "story"], 3)
+            writer.writerow([" ".join([*filler, word]), "positive" if label else "negative"])
+    return path
+
+
+@pytest.fixture
+def sentiment_csv(tmp_path) -> Path:
+    return write_sentiment_csv(tmp_path / "reviews.csv")
+
+
+@pytest.fixture
+def tiny_run_config(tiny_bert_dir, sentiment_csv, tmp_path):
+    """Overrides for a seconds-long `tunelab train` on the tiny BERT and the tiny CSV."""
+    return {
+        "model": {"name": str(tiny_bert_dir)},
+        "data": {"name": str(sentiment_csv)},
+        "method": {"name": "lora", "r": 4, "alpha": 8},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 1e-2},
+        "eval": {"batch_size": 16},
+        "output": {"dir": str(tmp_path / "run")},
+    }

@@ -1,0 +1,139 @@
+"""The one training loop: accumulation invariance, best checkpoint, resume after a crash."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tunelab import cli, runs
+from tunelab.tasks import classification
+
+
+def overrides(cfg: dict) -> list[str]:
+    args = []
+    for section, values in cfg.items():
+        for key, value in values.items():
+            args += [f"--{section}.{key}", json.dumps(value) if not isinstance(value, str) else value]
+    return args
+
+
+def run_train(cfg: dict) -> int:
+    return cli.main(["train", *overrides(cfg)])
+
+
+def checkpoint(run_dir) -> dict[str, torch.Tensor]:
+    return runs.load_tensors(run_dir / runs.CHECKPOINT / "model.safetensors")
+
+
+def test_one_step_batch8_equals_batch2_times_accumulation4(tiny_bert_no_dropout_dir, sentiment_csv, tmp_path):
+    """Gradient accumulation must not change the update: 8 x 1 == 2 x 4 on the same 8 examples."""
+    results = {}
+    for batch_size, accum in [(8, 1), (2, 4)]:
+        cfg = {
+            "model": {"name": str(tiny_bert_no_dropout_dir)},
+            "data": {"name": str(sentiment_csv), "max_train_examples": 8},
+            "task": {"classifier_dropout": 0.0},
+            "method": {"name": "full"},
+            "train": {"batch_size": batch_size, "grad_accum": accum, "max_steps": 1, "lr": 1e-2, "warmup_ratio": 0.0},
+            "output": {"dir": str(tmp_path / f"b{batch_size}x{accum}")},
+        }
+        assert run_train(cfg) == 0
+        results[(batch_size, accum)] = checkpoint(tmp_path / f"b{batch_size}x{accum}")
+    big, small = results[(8, 1)], results[(2, 4)]
+    assert big.keys() == small.keys()
+    for name in big:
+        torch.testing.assert_close(big[name], small[name], atol=2e-6, rtol=1e-5, msg=name)
+    # and the step really moved the weights (otherwise equality would prove nothing)
+    initial = runs.load_tensors(tiny_bert_no_dropout_dir / "model.safetensors")
+    moved = [n for n in initial if not torch.equal(initial[n], big["backbone." + n])]
+    assert moved, "one optimizer step with lr 1e-2 changed no weight"
+
+
+def test_run_directory_contents_and_best_checkpoint(tiny_run_config, tmp_path):
+    cfg = dict(tiny_run_config, train={**tiny_run_config["train"], "epochs": 3})
+    assert run_train(cfg) == 0
+    run_dir = tmp_path / "run"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ["test_accuracy", "eval_loss", "trainable_params", "added_params", "total_params", "trainable_percent",
+                "checkpoint_bytes", "wall_time_s", "tokens_per_second", "peak_memory_bytes", "versions", "git_hash"]:
+        assert key in summary, key
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    validations = [r for r in records if r["split"] == "validation"]
+    assert len(validations) == 3  # one per epoch
+    best = max(validations, key=lambda r: r["accuracy"])  # first of the best: ties keep the earlier
+    assert summary["best_step"] == best["step"]
+    assert summary["validation_accuracy"] == pytest.approx(best["accuracy"])
+    assert not (run_dir / runs.STATE).exists(), "a finished run keeps no resume snapshot"
+    # the checkpoint holds only the trained tensors
+    saved = checkpoint(run_dir)
+    assert sum(t.numel() for t in saved.values()) == summary["trainable_params"]
+    assert summary["checkpoint_bytes"] == (run_dir / "checkpoint" / "model.safetensors").stat().st_size
+    # `tunelab eval` rebuilds base + checkpoint and reproduces the test accuracy
+    assert cli.main(["eval", str(run_dir), "--json"]) == 0
+
+
+def test_eval_reproduces_summary(tiny_run_config, tmp_path, capsys):
+    assert run_train(tiny_run_config) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(tmp_path / "run"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert result["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-9)
+    assert result["loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
+
+
+def test_early_stopping_stops_after_patience(tiny_run_config, tmp_path):
+    # lr 0 never improves after the first evaluation: patience 2 stops after 3 evaluations.
+    cfg = dict(tiny_run_config, train={**tiny_run_config["train"], "epochs": 10, "lr": 1e-12, "patience": 2,
+                                       "select_metric": "loss"})
+    assert run_train(cfg) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["stopped_early"] is True
+    assert len([r for r in records if r["split"] == "validation"]) < 10
+
+
+def test_killed_and_resumed_run_ends_with_same_weights(tiny_run_config, tmp_path, monkeypatch):
+    cfg = dict(tiny_run_config)
+    cfg["train"] = {**cfg["train"], "epochs": 3, "eval_every_steps": 2, "batch_size": 4}
+    cfg["output"] = {"dir": str(tmp_path / "straight")}
+    assert run_train(cfg) == 0
+    straight = checkpoint(tmp_path / "straight")
+    straight_summary = json.loads((tmp_path / "straight" / "summary.json").read_text())
+
+    # Crash in the middle of the second epoch, between two snapshots.
+    real = classification.per_example
+    calls = {"n": 0}
+
+    def crash_on_call_23(model, batch):
+        calls["n"] += 1  # counts training and validation batches
+        if calls["n"] == 23:
+            raise KeyboardInterrupt  # what Ctrl-C or a kill looks like from inside the loop
+        return real(model, batch)
+
+    cfg["output"] = {"dir": str(tmp_path / "resumed")}
+    monkeypatch.setattr(classification, "per_example", crash_on_call_23)
+    assert run_train(cfg) == 130
+    snapshot = json.loads((tmp_path / "resumed" / runs.STATE / "progress.json").read_text())
+    assert snapshot["epoch"] == 1 and snapshot["batches_done"] > 0, "the crash should come mid-way through epoch 2"
+    assert not (tmp_path / "resumed" / "summary.json").exists()
+    monkeypatch.setattr(classification, "per_example", real)
+
+    assert cli.main(["train", "--resume", str(tmp_path / "resumed")]) == 0
+    resumed = checkpoint(tmp_path / "resumed")
+    resumed_summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert resumed.keys() == straight.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], atol=0, rtol=0, msg=name)
+    assert resumed_summary["best_step"] == straight_summary["best_step"]
+    assert resumed_summary["test_accuracy"] == straight_summary["test_accuracy"]
+    assert resumed_summary["steps"] == straight_summary["steps"]
+
+
+def test_refuses_to_overwrite_a_finished_run(tiny_run_config, tmp_path, capsys):
+    assert run_train(tiny_run_config) == 0
+    capsys.readouterr()
+    assert run_train(tiny_run_config) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
