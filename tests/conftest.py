@@ -11,13 +11,15 @@ import os
 import random
 from pathlib import Path
 
+# Before transformers / huggingface_hub are imported: they read these once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 import pytest
 import torch
 from transformers import (BertConfig, BertModel, BertTokenizerFast, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM)
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WORDS = ("good great fine bad awful poor movie film plot actor story dull fun boring superb weak "
          "the a is was and but not very").split()

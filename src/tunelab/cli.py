@@ -18,18 +18,20 @@ from tunelab.errors import UserError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse would print usage + message and exit 2
-        raise UserError(f"{message} (see tunelab {self.prog.split()[-1]} --help)")
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import datasets
+    import huggingface_hub
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+    huggingface_hub.utils.logging.set_verbosity_error()  # no per-retry warnings when offline
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:

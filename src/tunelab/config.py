@@ -95,7 +95,7 @@ class LoRAMethod(_Strict):
     target_modules: list[str] | None = None
     """Module-name suffixes to wrap. None: the architecture's default (query/key/value on BERT,
     q_proj/k_proj/v_proj on Llama, c_attn with q, k and v on GPT-2). For a fused projection a
-    suffix may name slices, e.g. `c_attn:q,v`."""
+    suffix may name slices, e.g. `c_attn:q+v` (or `c_attn:q,v` in a block-style YAML list)."""
 
 
 MethodConfig = Annotated[Union[FullMethod, HeadMethod, LoRAMethod], Field(discriminator="name")]

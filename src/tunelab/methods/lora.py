@@ -105,11 +105,15 @@ class LoRALayer(AdapterModule):
 
 
 def parse_target(target: str) -> tuple[str, tuple[bool, ...]]:
-    """``"c_attn:q,v"`` -> (``"c_attn"``, (True, False, True)); ``"query"`` -> (``"query"``, (True,))."""
+    """``"c_attn:q,v"`` -> (``"c_attn"``, (True, False, True)); ``"query"`` -> (``"query"``, (True,)).
+
+    Slices may also be joined with ``+`` (``c_attn:q+v``), which survives a YAML flow list
+    such as ``--method.target_modules [c_attn:q+v]`` where a comma would split the item.
+    """
     name, _, slices = target.partition(":")
     if not slices:
         return name, (True,)
-    chosen = [s.strip() for s in slices.split(",") if s.strip()]
+    chosen = [s.strip() for s in slices.replace("+", ",").split(",") if s.strip()]
     unknown = [s for s in chosen if s not in FUSED_SLICES]
     if unknown or not chosen:
         raise UserError(f"method.target_modules {target!r}: slices must be among {', '.join(FUSED_SLICES)}")
