@@ -137,3 +137,16 @@ def test_refuses_to_overwrite_a_finished_run(tiny_run_config, tmp_path, capsys):
     capsys.readouterr()
     assert run_train(tiny_run_config) == 2
     assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_default_run_directory_never_clobbers(tiny_run_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = {k: v for k, v in tiny_run_config.items() if k != "output"}
+    assert run_train(cfg) == 0
+    assert run_train(cfg) == 0
+    made = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(made) == 2 and made[1] == made[0] + "-2"
+    for name in made:
+        saved = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
+        config = (tmp_path / "runs" / name / "config.yaml").read_text()
+        assert f"dir: runs/{name}" in config and saved["method"] == "lora"

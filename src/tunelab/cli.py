@@ -57,6 +57,12 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         cfg = load_config(args.config, overrides)
         run_dir = cfg.run_dir()
         resume = False
+        if cfg.output.dir is None:  # a default name never clobbers: runs/x, runs/x-2, runs/x-3 ...
+            stem, n = run_dir, 1
+            while run_dir.exists() and any(run_dir.iterdir()):
+                n += 1
+                run_dir = stem.with_name(f"{stem.name}-{n}")
+            cfg.output.dir = str(run_dir)
         if run_dir.exists() and any(run_dir.iterdir()) and not cfg.output.overwrite:
             finished = (run_dir / "summary.json").is_file()
             hint = "pick another --output.dir or add --output.overwrite true" if finished else \

@@ -131,7 +131,7 @@ class EvalConfig(_Strict):
 
 class OutputConfig(_Strict):
     dir: str | None = None
-    """Run directory. None: runs/<model>-<data>-<method>."""
+    """Run directory. None: runs/<model>-<data>-<method>, with -2, -3 ... added when taken."""
     overwrite: bool = False
     """Allow writing into a run directory that already holds a finished run."""
 
