@@ -44,5 +44,5 @@ def prepare(cfg: RunConfig) -> Prepared:
     set_seed(cfg.train.seed)
     model = classification.SequenceClassifier(backbone, len(labels.names), cfg.task.pooling, cfg.task.classifier_dropout)
     arch = family(backbone)
-    apply_method(model, cfg.method, arch)
+    apply_method(model, cfg.method, arch, tokenizer)
     return Prepared(model, tokenizer, splits, labels.names, count_parameters(model, base_total), arch)

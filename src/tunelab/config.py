@@ -98,7 +98,55 @@ class LoRAMethod(_Strict):
     suffix may name slices, e.g. `c_attn:q+v` (or `c_attn:q,v` in a block-style YAML list)."""
 
 
-MethodConfig = Annotated[Union[FullMethod, HeadMethod, LoRAMethod], Field(discriminator="name")]
+class BitFitMethod(_Strict):
+    """BitFit (Ben Zaken et al. 2021, arXiv:2106.10199): only bias terms train."""
+
+    name: Literal["bitfit"] = "bitfit"
+    add_missing_biases: bool = True
+    """Give linear layers without a bias (Llama) a zero-initialised one, so they can train too."""
+
+
+class AdapterMethod(_Strict):
+    """Bottleneck adapters x + up(act(down(x))), `up` zero-initialised (Houlsby et al. 2019,
+    arXiv:1902.00751; Pfeiffer et al. 2021, arXiv:2005.00247)."""
+
+    name: Literal["adapter"] = "adapter"
+    placement: Literal["houlsby", "pfeiffer"] = "houlsby"
+    """houlsby: after the attention output projection and after the feed-forward output of
+    every layer; pfeiffer: after the feed-forward output only."""
+    size: int | None = Field(None, gt=0)
+    """Bottleneck width. None: hidden size / reduction_factor."""
+    reduction_factor: float = Field(16.0, gt=0)
+    activation: Literal["gelu", "relu", "tanh", "silu"] = "gelu"
+
+
+class IA3Method(_Strict):
+    """(IA)^3 (Liu et al. 2022, arXiv:2205.05638): learned vectors, initialised to ones, that
+    rescale keys, values and the feed-forward intermediate activations."""
+
+    name: Literal["ia3"] = "ia3"
+
+
+class PromptMethod(_Strict):
+    """Prompt tuning (Lester et al. 2021, arXiv:2104.08691): trainable embeddings prepended to the input."""
+
+    name: Literal["prompt"] = "prompt"
+    num_virtual_tokens: int = Field(20, gt=0)
+    init: Literal["text", "vocab", "random"] = "text"
+    """text: embeddings of `init_text`, repeated or truncated; vocab: embeddings of sampled
+    vocabulary tokens; random: normal with the embedding matrix's standard deviation."""
+    init_text: str = "Classify the sentiment of this review:"
+
+
+class PrefixMethod(_Strict):
+    """Prefix tuning (Li & Liang 2021, arXiv:2101.00190): trainable key/value prefixes in every layer."""
+
+    name: Literal["prefix"] = "prefix"
+    num_virtual_tokens: int = Field(20, gt=0)
+
+
+MethodConfig = Annotated[Union[FullMethod, HeadMethod, LoRAMethod, BitFitMethod, AdapterMethod, IA3Method,
+                               PromptMethod, PrefixMethod], Field(discriminator="name")]
 
 
 class TrainConfig(_Strict):
@@ -283,7 +331,9 @@ def _allowed_keys(raw: dict[str, Any], section: list[str]) -> list[str]:
     return sorted(cls.model_fields)
 
 
-METHOD_CLASSES: dict[str, type[BaseModel]] = {"full": FullMethod, "head": HeadMethod, "lora": LoRAMethod}
+METHOD_CLASSES: dict[str, type[BaseModel]] = {
+    "full": FullMethod, "head": HeadMethod, "bitfit": BitFitMethod, "adapter": AdapterMethod, "lora": LoRAMethod,
+    "ia3": IA3Method, "prompt": PromptMethod, "prefix": PrefixMethod}
 TASK_CLASSES: dict[str, type[BaseModel]] = {"classification": ClassificationTask}
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunelab.methods import full, head, lora
+from tunelab.methods import adapter, bitfit, full, head, ia3, lora, prefix, prompt
 
-REGISTRY = {"full": full, "head": head, "lora": lora}
+REGISTRY = {"full": full, "head": head, "bitfit": bitfit, "adapter": adapter, "lora": lora, "ia3": ia3,
+            "prompt": prompt, "prefix": prefix}
 
 
-def apply_method(model: nn.Module, cfg, family: str) -> None:
-    REGISTRY[cfg.name].apply(model, cfg, family)
+def apply_method(model: nn.Module, cfg, family: str, tokenizer=None) -> None:
+    REGISTRY[cfg.name].apply(model, cfg, family, tokenizer)

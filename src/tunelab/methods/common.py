@@ -65,6 +65,27 @@ def untie_output_embeddings(model: nn.Module) -> None:
             model._tied_weights_keys = None
 
 
+def module_ids(modules: list[nn.Module]) -> set[int]:
+    """Identities of the given modules and everything inside them (to skip the task head)."""
+    return {id(m) for top in modules for m in top.modules()}
+
+
+def replace_module(model: nn.Module, name: str, wrap) -> nn.Module:
+    """Swap the submodule called ``name`` for ``wrap(old)``; returns the new module."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    new = wrap(getattr(parent, child))
+    setattr(parent, child, new)
+    return new
+
+
+def transformer_body(model: nn.Module) -> nn.Module:
+    """The transformer without task head: what takes input ids and returns hidden states."""
+    if hasattr(model, "backbone"):  # a task model of ours
+        return model.backbone
+    return model.base_model  # Hugging Face: the body of e.g. LlamaForCausalLM (itself for a bare model)
+
+
 def unfreeze(modules: list[nn.Module]) -> None:
     for module in modules:
         for p in module.parameters():

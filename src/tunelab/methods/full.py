@@ -7,6 +7,6 @@ from torch import nn
 from tunelab.config import FullMethod
 
 
-def apply(model: nn.Module, cfg: FullMethod, family: str) -> None:
+def apply(model: nn.Module, cfg: FullMethod, family: str, tokenizer=None) -> None:
     for p in model.parameters():
         p.requires_grad_(True)

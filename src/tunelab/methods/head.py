@@ -15,7 +15,7 @@ from tunelab.methods.common import freeze, output_head, unfreeze
 from tunelab.models.loading import transformer_blocks
 
 
-def apply(model: nn.Module, cfg: HeadMethod, family: str) -> None:
+def apply(model: nn.Module, cfg: HeadMethod, family: str, tokenizer=None) -> None:
     heads = output_head(model)
     freeze(model)
     unfreeze(heads)

@@ -19,7 +19,7 @@ from transformers.pytorch_utils import Conv1D
 
 from tunelab.config import LoRAMethod
 from tunelab.errors import UserError
-from tunelab.methods.common import AdapterModule, freeze, task_head, unfreeze
+from tunelab.methods.common import AdapterModule, freeze, module_ids, replace_module, task_head, unfreeze
 
 # Default targets per architecture family: the attention's query, key and value projections.
 DEFAULT_TARGETS = {
@@ -124,15 +124,15 @@ def linear_layer_names(model: nn.Module) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
 
 
-def apply(model: nn.Module, cfg: LoRAMethod, family: str) -> None:
+def apply(model: nn.Module, cfg: LoRAMethod, family: str, tokenizer=None) -> None:
     """Wrap the targeted layers, then train only LoRA's A and B (and the task head)."""
     heads = task_head(model)
     freeze(model)
     targets = [parse_target(t) for t in (cfg.target_modules or DEFAULT_TARGETS.get(family, DEFAULT_TARGETS["bert"]))]
-    head_ids = {id(m) for h in heads for m in h.modules()}
+    skip = module_ids(heads)
     matches = []
     for name, module in model.named_modules():
-        if id(module) in head_ids or not isinstance(module, (nn.Linear, Conv1D)):
+        if id(module) in skip or not isinstance(module, (nn.Linear, Conv1D)):
             continue
         for suffix, slices in targets:
             if name == suffix or name.endswith("." + suffix):
@@ -143,11 +143,7 @@ def apply(model: nn.Module, cfg: LoRAMethod, family: str) -> None:
         raise UserError(f"LoRA target_modules ({wanted}) match no linear layer; "
                         f"linear layers in this model: {', '.join(linear_layer_names(model))}")
     for name, slices in matches:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALayer(getattr(parent, child), cfg.r, cfg.alpha, cfg.dropout, slices))
+        layer = replace_module(model, name, lambda base, s=slices: LoRALayer(base, cfg.r, cfg.alpha, cfg.dropout, s))
+        layer.lora_A.requires_grad_(True)
+        layer.lora_B.requires_grad_(True)
     unfreeze(heads)
-    for module in model.modules():
-        if isinstance(module, LoRALayer):
-            module.lora_A.requires_grad_(True)
-            module.lora_B.requires_grad_(True)

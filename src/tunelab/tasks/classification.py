@@ -34,7 +34,9 @@ class SequenceClassifier(nn.Module):
         return [self.classifier]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state  # (B, T, H)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        # Prompt tuning adds leading virtual positions; pool over the real tokens only.
+        hidden = hidden[:, -input_ids.shape[1]:]  # (B, T, H)
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:

@@ -1,0 +1,66 @@
+"""Prefix tuning (Li & Liang 2021, arXiv:2101.00190): trainable key/value prefixes of length
+``num_virtual_tokens`` in every layer, seen by every real token's attention.
+
+They reach the model the way cached keys/values of earlier tokens do (``past_key_values``), so
+attention, masks and position ids follow the architecture's own cache path: the attention
+mask gets ``num_virtual_tokens`` leading ones and the real tokens' positions start after them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from tunelab.config import PrefixMethod
+from tunelab.methods.common import AdapterModule, freeze, task_head, transformer_body, unfreeze
+from tunelab.methods.virtual_tokens import cache_in_use, extend_mask, require_argument
+
+
+def kv_shape(config) -> tuple[int, int, int]:
+    """(layers, key/value heads, head dim) from a Hugging Face config."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return config.num_hidden_layers, kv_heads, head_dim
+
+
+class KeyValuePrefix(AdapterModule):
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, n: int, dtype=torch.float32, device=None):
+        super().__init__()
+        shape = (layers, kv_heads, n, head_dim)
+        # Small values: at init the prefix barely moves the model's attention outputs.
+        self.prefix_keys = nn.Parameter(torch.randn(shape, dtype=dtype, device=device) * 0.02)
+        self.prefix_values = nn.Parameter(torch.randn(shape, dtype=dtype, device=device) * 0.02)
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.prefix_keys.shape[2]
+
+    def seed_cache(self, body: nn.Module, args: tuple, kwargs: dict):
+        """Forward pre-hook of the body: a fresh cache holding the prefixes, mask extended."""
+        if not self.enabled or cache_in_use(kwargs):
+            return None
+        reference = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else (
+            args[0] if args else kwargs["inputs_embeds"])
+        batch = reference.shape[0]
+        cache = DynamicCache()
+        for layer, (keys, values) in enumerate(zip(self.prefix_keys, self.prefix_values)):
+            cache.update(keys.unsqueeze(0).expand(batch, -1, -1, -1), values.unsqueeze(0).expand(batch, -1, -1, -1), layer)
+        kwargs["past_key_values"] = cache
+        extend_mask(kwargs, batch, self.num_virtual_tokens, reference.device)
+        for stale in ("position_ids", "cache_position"):
+            kwargs.pop(stale, None)
+        return args, kwargs
+
+
+def apply(model: nn.Module, cfg: PrefixMethod, family: str, tokenizer=None) -> None:
+    heads = task_head(model)
+    freeze(model)
+    body = transformer_body(model)
+    require_argument(body, "past_key_values", "prefix")
+    weight = body.get_input_embeddings().weight
+    prefix = KeyValuePrefix(*kv_shape(body.config), cfg.num_virtual_tokens, dtype=weight.dtype, device=weight.device)
+    body.add_module("kv_prefix", prefix)
+    body.register_forward_pre_hook(prefix.seed_cache, with_kwargs=True)
+    unfreeze([prefix, *heads])

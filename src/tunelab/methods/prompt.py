@@ -1,0 +1,72 @@
+"""Prompt tuning (Lester et al. 2021, arXiv:2104.08691): ``num_virtual_tokens`` trainable
+embeddings prepended to the input embeddings; the model itself stays frozen.
+
+Initialisation (section 3): the embeddings of a text such as "Summarize the following
+article:", repeated or truncated to length; embeddings of sampled vocabulary tokens; or random.
+The body's output then has ``num_virtual_tokens`` extra leading positions; task code keeps the
+last T (those of the real tokens), and causal-LM labels are -100 on the virtual positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tunelab.config import PromptMethod
+from tunelab.errors import UserError
+from tunelab.methods.common import AdapterModule, freeze, task_head, transformer_body, unfreeze
+from tunelab.methods.virtual_tokens import cache_in_use, extend_mask, require_argument, take_input
+
+
+class SoftPrompt(AdapterModule):
+    def __init__(self, init: torch.Tensor):
+        super().__init__()
+        self.prompt = nn.Parameter(init.clone())  # (n, H)
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.prompt.shape[0]
+
+    def prepend(self, body: nn.Module, args: tuple, kwargs: dict):
+        """Forward pre-hook of the body: [prompt; input embeddings], mask and token types extended."""
+        if not self.enabled or cache_in_use(kwargs):
+            return None
+        args, kwargs, embeds = take_input(body, args, kwargs)
+        batch, n = embeds.shape[0], self.num_virtual_tokens
+        prompt = self.prompt.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)  # (B, n, H)
+        kwargs["inputs_embeds"] = torch.cat([prompt, embeds], dim=1)  # (B, n + T, H)
+        extend_mask(kwargs, batch, n, embeds.device)
+        if kwargs.get("token_type_ids") is not None:
+            types = kwargs["token_type_ids"]
+            kwargs["token_type_ids"] = torch.cat([types.new_zeros(batch, n), types], dim=1)
+        for stale in ("position_ids", "cache_position"):  # sized for T positions; let the model recompute
+            kwargs.pop(stale, None)
+        return args, kwargs
+
+
+def initial_prompt(embedding: nn.Embedding, cfg: PromptMethod, tokenizer) -> torch.Tensor:
+    n = cfg.num_virtual_tokens
+    weight = embedding.weight.detach()
+    if cfg.init == "random":
+        return torch.randn(n, weight.shape[1], dtype=weight.dtype, device=weight.device) * weight.std()
+    if cfg.init == "vocab":
+        ids = torch.randint(0, weight.shape[0], (n,), device=weight.device)
+        return weight[ids].clone()
+    if tokenizer is None:
+        raise UserError("method.init text needs the model's tokenizer")
+    ids = tokenizer(cfg.init_text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise UserError(f"method.init_text {cfg.init_text!r} tokenizes to nothing; give a non-empty text")
+    ids = (ids * (n // len(ids) + 1))[:n]  # repeat, then truncate to length
+    return weight[torch.tensor(ids, device=weight.device)].clone()
+
+
+def apply(model: nn.Module, cfg: PromptMethod, family: str, tokenizer=None) -> None:
+    heads = task_head(model)
+    freeze(model)
+    body = transformer_body(model)
+    require_argument(body, "inputs_embeds", "prompt")
+    soft_prompt = SoftPrompt(initial_prompt(body.get_input_embeddings(), cfg, tokenizer))
+    body.add_module("soft_prompt", soft_prompt)
+    body.register_forward_pre_hook(soft_prompt.prepend, with_kwargs=True)
+    unfreeze([soft_prompt, *heads])

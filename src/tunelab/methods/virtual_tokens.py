@@ -1,0 +1,46 @@
+"""What prompt and prefix tuning share: a forward pre-hook on the transformer body.
+
+The hook rewrites the body's keyword arguments before it runs (prepend embeddings, extend the
+attention mask, seed a key/value cache), so no model class is subclassed or copied and any
+architecture whose body takes ``inputs_embeds`` / ``past_key_values`` works.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from tunelab.errors import UserError
+
+
+def take_input(body: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict, torch.Tensor]:
+    """Pull the input embeddings out of the call (GPT-2 passes input_ids positionally)."""
+    input_ids = kwargs.pop("input_ids", None)
+    if args:
+        input_ids, args = args[0], args[1:]
+    embeds = kwargs.pop("inputs_embeds", None)
+    if embeds is None:
+        embeds = body.get_input_embeddings()(input_ids)  # (B, T, H)
+    return args, kwargs, embeds
+
+
+def extend_mask(kwargs: dict, batch: int, n: int, device) -> None:
+    """Virtual positions are always attended to: prepend ones to the attention mask."""
+    mask = kwargs.get("attention_mask")
+    if mask is None:
+        return
+    kwargs["attention_mask"] = torch.cat([mask.new_ones(batch, n), mask], dim=1)
+
+
+def cache_in_use(kwargs: dict) -> bool:
+    """True on later generation steps: the virtual tokens are already in the cache."""
+    past = kwargs.get("past_key_values")
+    return past is not None and past.get_seq_length() > 0
+
+
+def require_argument(body: nn.Module, argument: str, method: str) -> None:
+    if argument not in inspect.signature(body.forward).parameters:
+        raise UserError(f"{method} tuning needs a model whose forward takes {argument}; "
+                        f"{type(body).__name__} does not")
