@@ -101,6 +101,21 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_params(args: argparse.Namespace, extra: list[str]) -> int:
+    from tunelab.config import deep_merge, load_config, parse_overrides
+    from tunelab.params import count_for, format_counts
+
+    picked: dict = {}
+    if args.model:
+        picked["model"] = {"name": args.model}
+    if args.method:
+        picked["method"] = {"name": args.method}
+    cfg = load_config(args.config, deep_merge(picked, parse_overrides(extra)))
+    result = count_for(cfg.model, cfg.method, num_labels=args.labels)
+    print(json.dumps(result) if args.json else format_counts(result))
+    return 0
+
+
 def cmd_catalog(kind: str):
     def run(args: argparse.Namespace, extra: list[str]) -> int:
         from tunelab import catalog
@@ -138,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "validation", "test"], default="test")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("params", help="trainable / added / total parameters of a model + method, without training")
+    p.add_argument("--model", help="catalog name, local directory or hub id (only its config is read)")
+    p.add_argument("--method", help="method name; its options as --method.KEY VALUE")
+    p.add_argument("--config", help="take model and method from a YAML config")
+    p.add_argument("--labels", type=int, default=2, help="classifier outputs, for encoders (default 2)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_params)
 
     sub.add_parser("models", help="list the embedded models").set_defaults(func=cmd_catalog("model"))
     sub.add_parser("data", help="list the embedded datasets").set_defaults(func=cmd_catalog("dataset"))
