@@ -67,8 +67,9 @@ class ClassificationTask(_Strict):
     name: Literal["classification"] = "classification"
     max_length: int = Field(128, ge=8, le=8192)
     """Inputs are truncated to this many tokens."""
-    pooling: Literal["mean", "cls"] = "mean"
-    """Mean over non-pad tokens, or the first token's hidden state."""
+    pooling: Literal["mean", "cls", "last"] = "mean"
+    """Mean over non-pad tokens, the first token's hidden state (encoders), or the last real
+    token's (decoders, where only the last token has seen the whole text)."""
     classifier_dropout: float = Field(0.1, ge=0, lt=1)
 
 

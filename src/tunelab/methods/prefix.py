@@ -14,7 +14,7 @@ from transformers import DynamicCache
 
 from tunelab.config import PrefixMethod
 from tunelab.methods.common import AdapterModule, freeze, task_head, transformer_body, unfreeze
-from tunelab.methods.virtual_tokens import cache_in_use, extend_mask, require_argument
+from tunelab.methods.virtual_tokens import account_for_virtual_tokens, cache_in_use, require_argument
 
 
 def kv_shape(config) -> tuple[int, int, int]:
@@ -39,18 +39,19 @@ class KeyValuePrefix(AdapterModule):
 
     def seed_cache(self, body: nn.Module, args: tuple, kwargs: dict):
         """Forward pre-hook of the body: a fresh cache holding the prefixes, mask extended."""
-        if not self.enabled or cache_in_use(kwargs):
+        if not self.enabled:
             return None
         reference = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else (
             args[0] if args else kwargs["inputs_embeds"])
         batch = reference.shape[0]
-        cache = DynamicCache()
-        for layer, (keys, values) in enumerate(zip(self.prefix_keys, self.prefix_values)):
-            cache.update(keys.unsqueeze(0).expand(batch, -1, -1, -1), values.unsqueeze(0).expand(batch, -1, -1, -1), layer)
-        kwargs["past_key_values"] = cache
-        extend_mask(kwargs, batch, self.num_virtual_tokens, reference.device)
-        for stale in ("position_ids", "cache_position"):
-            kwargs.pop(stale, None)
+        if not cache_in_use(kwargs):  # later generation steps find the prefixes in the cache
+            # A caller's empty cache (generate) is filled in place so it carries the prefixes on.
+            cache = kwargs.get("past_key_values") if kwargs.get("past_key_values") is not None else DynamicCache()
+            for layer, (keys, values) in enumerate(zip(self.prefix_keys, self.prefix_values)):
+                cache.update(keys.unsqueeze(0).expand(batch, -1, -1, -1),
+                             values.unsqueeze(0).expand(batch, -1, -1, -1), layer)
+            kwargs["past_key_values"] = cache
+        account_for_virtual_tokens(kwargs, batch, self.num_virtual_tokens, reference.device)
         return args, kwargs
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from tunelab.config import PromptMethod
 from tunelab.errors import UserError
 from tunelab.methods.common import AdapterModule, freeze, task_head, transformer_body, unfreeze
-from tunelab.methods.virtual_tokens import cache_in_use, extend_mask, require_argument, take_input
+from tunelab.methods.virtual_tokens import account_for_virtual_tokens, cache_in_use, require_argument, take_input
 
 
 class SoftPrompt(AdapterModule):
@@ -29,18 +29,18 @@ class SoftPrompt(AdapterModule):
 
     def prepend(self, body: nn.Module, args: tuple, kwargs: dict):
         """Forward pre-hook of the body: [prompt; input embeddings], mask and token types extended."""
-        if not self.enabled or cache_in_use(kwargs):
+        if not self.enabled:
             return None
         args, kwargs, embeds = take_input(body, args, kwargs)
         batch, n = embeds.shape[0], self.num_virtual_tokens
-        prompt = self.prompt.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)  # (B, n, H)
-        kwargs["inputs_embeds"] = torch.cat([prompt, embeds], dim=1)  # (B, n + T, H)
-        extend_mask(kwargs, batch, n, embeds.device)
-        if kwargs.get("token_type_ids") is not None:
-            types = kwargs["token_type_ids"]
-            kwargs["token_type_ids"] = torch.cat([types.new_zeros(batch, n), types], dim=1)
-        for stale in ("position_ids", "cache_position"):  # sized for T positions; let the model recompute
-            kwargs.pop(stale, None)
+        if not cache_in_use(kwargs):  # later generation steps find the prompt in the cache
+            prompt = self.prompt.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)  # (B, n, H)
+            embeds = torch.cat([prompt, embeds], dim=1)  # (B, n + T, H)
+            if kwargs.get("token_type_ids") is not None:
+                types = kwargs["token_type_ids"]
+                kwargs["token_type_ids"] = torch.cat([types.new_zeros(batch, n), types], dim=1)
+        kwargs["inputs_embeds"] = embeds
+        account_for_virtual_tokens(kwargs, batch, n, embeds.device)
         return args, kwargs
 
 

@@ -40,6 +40,14 @@ def cache_in_use(kwargs: dict) -> bool:
     return past is not None and past.get_seq_length() > 0
 
 
+def account_for_virtual_tokens(kwargs: dict, batch: int, n: int, device) -> None:
+    """Every call sees n more key positions than the caller knows of: extend its mask, and let
+    the model derive positions from the cache instead of the caller's (which count T only)."""
+    extend_mask(kwargs, batch, n, device)
+    for stale in ("position_ids", "cache_position"):
+        kwargs.pop(stale, None)
+
+
 def require_argument(body: nn.Module, argument: str, method: str) -> None:
     if argument not in inspect.signature(body.forward).parameters:
         raise UserError(f"{method} tuning needs a model whose forward takes {argument}; "

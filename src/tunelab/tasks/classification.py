@@ -39,6 +39,10 @@ class SequenceClassifier(nn.Module):
         hidden = hidden[:, -input_ids.shape[1]:]  # (B, T, H)
         if self.pooling == "cls":
             pooled = hidden[:, 0]
+        elif self.pooling == "last":  # works for left and right padding alike
+            positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+            last = (attention_mask * positions).argmax(1)  # (B,)
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
