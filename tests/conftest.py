@@ -55,7 +55,7 @@ def _save_tiny_bert(folder: Path, dropout: float) -> Path:
     """A tiny BERT with a word-level vocabulary, saved like a hub model folder."""
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"))  # transformers 5: `vocab`, not `vocab_file`
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -102,6 +102,7 @@ def tiny_run_config(tiny_bert_dir, sentiment_csv, tmp_path):
     return {
         "model": {"name": str(tiny_bert_dir)},
         "data": {"name": str(sentiment_csv)},
+        "task": {"max_length": 32},  # the tiny BERT has 64 positions
         "method": {"name": "lora", "r": 4, "alpha": 8},
         "train": {"epochs": 2, "batch_size": 8, "lr": 1e-2},
         "eval": {"batch_size": 16},

@@ -34,7 +34,7 @@ def test_one_step_batch8_equals_batch2_times_accumulation4(tiny_bert_no_dropout_
         cfg = {
             "model": {"name": str(tiny_bert_no_dropout_dir)},
             "data": {"name": str(sentiment_csv), "max_train_examples": 8},
-            "task": {"classifier_dropout": 0.0},
+            "task": {"classifier_dropout": 0.0, "max_length": 32},
             "method": {"name": "full"},
             "train": {"batch_size": batch_size, "grad_accum": accum, "max_steps": 1, "lr": 1e-2, "warmup_ratio": 0.0},
             "output": {"dir": str(tmp_path / f"b{batch_size}x{accum}")},
@@ -150,3 +150,12 @@ def test_default_run_directory_never_clobbers(tiny_run_config, tmp_path, monkeyp
         saved = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
         config = (tmp_path / "runs" / name / "config.yaml").read_text()
         assert f"dir: runs/{name}" in config and saved["method"] == "lora"
+
+
+def test_virtual_tokens_beyond_the_context_are_refused(tiny_run_config, tmp_path, capsys):
+    cfg = dict(tiny_run_config, method={"name": "prompt", "num_virtual_tokens": 20, "init": "random"},
+               task={"max_length": 50})  # 50 + 20 > the tiny BERT's 64 positions
+    assert run_train(cfg) == 2
+    err = capsys.readouterr().err
+    assert "exceeds the model's 64 positions" in err and "at most 44" in err
+    assert not (tmp_path / "run").exists()

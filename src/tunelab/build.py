@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import RunConfig
 from tunelab.data.sources import load_splits
+from tunelab.errors import UserError
 from tunelab.methods import apply_method
 from tunelab.methods.common import ParameterCounts, count_parameters
 from tunelab.models.loading import family, load_encoder, load_tokenizer
@@ -32,6 +33,16 @@ class Prepared:
     family: str
 
 
+def check_context_length(cfg: RunConfig, model_config) -> None:
+    """Inputs plus virtual tokens must fit the model's positions, or training crashes mid-way."""
+    limit = getattr(model_config, "max_position_embeddings", None)
+    virtual = getattr(cfg.method, "num_virtual_tokens", 0)
+    if limit is not None and cfg.task.max_length + virtual > limit:
+        extra = f" + method.num_virtual_tokens {virtual}" if virtual else ""
+        raise UserError(f"task.max_length {cfg.task.max_length}{extra} exceeds the model's {limit} positions; "
+                        f"lower task.max_length to at most {limit - virtual}")
+
+
 def prepare(cfg: RunConfig) -> Prepared:
     raw = load_splits(cfg.data)
     classification.check_columns(raw, cfg.data)
@@ -39,6 +50,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     tokenizer = load_tokenizer(cfg.model)
     splits = classification.tokenize_splits(raw, tokenizer, cfg.data, cfg.task, labels)
     backbone = load_encoder(cfg.model)
+    check_context_length(cfg, backbone.config)
     base_total = sum(p.numel() for p in backbone.parameters())
     # Seed before the head and any adapter are created: the same seed gives the same init.
     set_seed(cfg.train.seed)

@@ -11,13 +11,42 @@ import torch
 from torch import nn
 
 from tunelab.config import BitFitMethod
-from tunelab.methods.common import freeze, module_ids, task_head, unfreeze
+from tunelab.methods.common import AdapterModule, freeze, module_ids, task_head, unfreeze
+
+
+class PretrainedBiases(AdapterModule):
+    """Keeps a frozen copy of the pretrained biases, so BitFit, which trains the model's own
+    biases in place, can still be switched off: disabling swaps the copies in, enabling swaps
+    the trained values back. Buffers, not parameters: nothing here is counted or saved."""
+
+    def __init__(self, biases: list[nn.Parameter]):
+        super().__init__()
+        self.biases = biases  # a plain list: the parameters stay owned by their layers
+        for i, bias in enumerate(biases):
+            self.register_buffer(f"pretrained_{i}", bias.detach().clone(), persistent=False)
+        self._enabled = True
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        if value != self._enabled:
+            with torch.no_grad():
+                for i, bias in enumerate(self.biases):
+                    stored = getattr(self, f"pretrained_{i}")
+                    current = bias.detach().clone()
+                    bias.copy_(stored)
+                    stored.copy_(current)
+        self._enabled = value
 
 
 def apply(model: nn.Module, cfg: BitFitMethod, family: str, tokenizer=None) -> None:
     heads = task_head(model)
     freeze(model)
     skip = module_ids(heads)
+    biases: list[nn.Parameter] = []
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if output is not None:
         skip.add(id(output))  # lm_head is the vocabulary projection, not a layer to bias
@@ -30,4 +59,6 @@ def apply(model: nn.Module, cfg: BitFitMethod, family: str, tokenizer=None) -> N
         bias = getattr(module, "bias", None)
         if isinstance(bias, nn.Parameter):
             bias.requires_grad_(True)
+            biases.append(bias)
+    model.add_module("bitfit_pretrained_biases", PretrainedBiases(biases))
     unfreeze(heads)
