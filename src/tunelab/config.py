@@ -144,6 +144,11 @@ class PrefixMethod(_Strict):
 
     name: Literal["prefix"] = "prefix"
     num_virtual_tokens: int = Field(20, gt=0)
+    reparameterize: bool = False
+    """Produce the prefixes with an MLP of a small embedding while training (section 4.3); the
+    checkpoint keeps only the prefixes it produces."""
+    hidden_size: int = Field(512, gt=0)
+    """Width of the reparameterisation MLP."""
 
 
 MethodConfig = Annotated[Union[FullMethod, HeadMethod, LoRAMethod, BitFitMethod, AdapterMethod, IA3Method,

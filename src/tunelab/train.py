@@ -25,7 +25,7 @@ from tunelab.build import Prepared
 from tunelab.config import RunConfig
 from tunelab.errors import UserError
 from tunelab.evaluate import evaluate
-from tunelab.methods.common import load_trainable_state, trainable_state
+from tunelab.methods.common import inference_state, load_trainable_state, trainable_state
 from tunelab.tasks import classification
 
 LOG_EVERY_STEPS = 10
@@ -87,7 +87,7 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
             progress.update(best=score, best_step=progress["step"], best_epoch=round(epoch_float, 4), bad_evals=0,
                             best_validation=metrics)
             if accelerator.is_main_process:
-                runs.save_checkpoint(run_dir, trainable_state(accelerator.unwrap_model(model)),
+                runs.save_checkpoint(run_dir, inference_state(accelerator.unwrap_model(model)),
                                      {"method": cfg.method.name, "step": progress["step"], "validation": metrics})
         else:
             progress["bad_evals"] += 1

@@ -120,10 +120,25 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def inference_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trained tensors as a checkpoint keeps them: modules with a training-only
+    parameterisation (prefix tuning's MLP) contribute what they produce, not how."""
+    state = trainable_state(model)
+    for name, module in model.named_modules():
+        if hasattr(module, "folded_state"):
+            prefix = f"{name}." if name else ""
+            state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+            state.update({prefix + k: v for k, v in module.folded_state().items()})
+    return state
+
+
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Put saved tensors back; every saved tensor must find its parameter and every trainable
     parameter must be in the checkpoint, else the checkpoint belongs to another set-up."""
     unmerge(model)  # new adapter tensors must not meet base weights that hold the old update
+    for name, module in model.named_modules():
+        if hasattr(module, "fold") and f"{name}.prefix_keys" in state:
+            module.fold()  # a folded checkpoint: the module takes the prefixes, not an MLP
     expected = set(trainable_state(model))
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:

@@ -25,17 +25,62 @@ def kv_shape(config) -> tuple[int, int, int]:
     return config.num_hidden_layers, kv_heads, head_dim
 
 
+class PrefixMLP(nn.Module):
+    """Reparameterisation (Li & Liang 2021, section 4.3): the prefixes are an MLP of a small
+    embedding during training, which the paper found more stable than optimising them directly."""
+
+    def __init__(self, shape: tuple[int, int, int, int], embed_dim: int, hidden_size: int, dtype=None, device=None):
+        super().__init__()
+        layers, kv_heads, n, head_dim = shape
+        self.shape = shape
+        factory = {"dtype": dtype, "device": device}
+        self.embedding = nn.Parameter(torch.randn(n, embed_dim, **factory) * 0.02)
+        self.mlp = nn.Sequential(nn.Linear(embed_dim, hidden_size, **factory), nn.Tanh(),
+                                 nn.Linear(hidden_size, layers * 2 * kv_heads * head_dim, **factory))
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        layers, kv_heads, n, head_dim = self.shape
+        flat = self.mlp(self.embedding)  # (n, L * 2 * kv_heads * head_dim)
+        kv = flat.view(n, layers, 2, kv_heads, head_dim).permute(2, 1, 3, 0, 4)  # (2, L, kv_heads, n, head_dim)
+        return kv[0], kv[1]
+
+
 class KeyValuePrefix(AdapterModule):
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, n: int, dtype=torch.float32, device=None):
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, n: int, dtype=torch.float32, device=None,
+                 reparameterize: bool = False, embed_dim: int = 0, hidden_size: int = 512):
         super().__init__()
         shape = (layers, kv_heads, n, head_dim)
-        # Small values: at init the prefix barely moves the model's attention outputs.
-        self.prefix_keys = nn.Parameter(torch.randn(shape, dtype=dtype, device=device) * 0.02)
-        self.prefix_values = nn.Parameter(torch.randn(shape, dtype=dtype, device=device) * 0.02)
+        self.n = n
+        if reparameterize:
+            self.reparam = PrefixMLP(shape, embed_dim, hidden_size, dtype=dtype, device=device)
+        else:
+            # Small values: at init the prefix barely moves the model's attention outputs.
+            self.prefix_keys = nn.Parameter(torch.randn(shape, dtype=dtype, device=device) * 0.02)
+            self.prefix_values = nn.Parameter(torch.randn(shape, dtype=dtype, device=device) * 0.02)
 
     @property
     def num_virtual_tokens(self) -> int:
-        return self.prefix_keys.shape[2]
+        return self.n
+
+    def keys_values(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each (L, kv_heads, n, head_dim)."""
+        if hasattr(self, "reparam"):
+            return self.reparam()
+        return self.prefix_keys, self.prefix_values
+
+    def folded_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps: the prefixes themselves, never the MLP that made them."""
+        keys, values = self.keys_values()
+        return {"prefix_keys": keys.detach(), "prefix_values": values.detach()}
+
+    def fold(self) -> None:
+        """Replace the MLP by the prefixes it produces (for inference, or to load a checkpoint)."""
+        if not hasattr(self, "reparam"):
+            return
+        folded = self.folded_state()
+        del self.reparam
+        self.prefix_keys = nn.Parameter(folded["prefix_keys"].clone())
+        self.prefix_values = nn.Parameter(folded["prefix_values"].clone())
 
     def seed_cache(self, body: nn.Module, args: tuple, kwargs: dict):
         """Forward pre-hook of the body: a fresh cache holding the prefixes, mask extended."""
@@ -47,7 +92,7 @@ class KeyValuePrefix(AdapterModule):
         if not cache_in_use(kwargs):  # later generation steps find the prefixes in the cache
             # A caller's empty cache (generate) is filled in place so it carries the prefixes on.
             cache = kwargs.get("past_key_values") if kwargs.get("past_key_values") is not None else DynamicCache()
-            for layer, (keys, values) in enumerate(zip(self.prefix_keys, self.prefix_values)):
+            for layer, (keys, values) in enumerate(zip(*self.keys_values())):
                 cache.update(keys.unsqueeze(0).expand(batch, -1, -1, -1),
                              values.unsqueeze(0).expand(batch, -1, -1, -1), layer)
             kwargs["past_key_values"] = cache
@@ -61,7 +106,8 @@ def apply(model: nn.Module, cfg: PrefixMethod, family: str, tokenizer=None) -> N
     body = transformer_body(model)
     require_argument(body, "past_key_values", "prefix")
     weight = body.get_input_embeddings().weight
-    prefix = KeyValuePrefix(*kv_shape(body.config), cfg.num_virtual_tokens, dtype=weight.dtype, device=weight.device)
+    prefix = KeyValuePrefix(*kv_shape(body.config), cfg.num_virtual_tokens, dtype=weight.dtype, device=weight.device,
+                            reparameterize=cfg.reparameterize, embed_dim=weight.shape[1], hidden_size=cfg.hidden_size)
     body.add_module("kv_prefix", prefix)
     body.register_forward_pre_hook(prefix.seed_cache, with_kwargs=True)
     unfreeze([prefix, *heads])
