@@ -773,7 +773,7 @@ def test_num_virtual_tokens_must_be_positive(method, value):
     ("bitfit", ["add_missing_biases", "name"]),
     ("adapter", ["activation", "name", "placement", "reduction_factor", "size"]),
     ("prompt", ["init", "init_text", "name", "num_virtual_tokens"]),
-    ("prefix", ["name", "num_virtual_tokens"]),
+    ("prefix", ["hidden_size", "name", "num_virtual_tokens", "reparameterize"]),
 ])
 def test_unknown_method_option_lists_that_methods_keys(method, allowed):
     with pytest.raises(UserError) as err:
