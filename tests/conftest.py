@@ -7,6 +7,7 @@ ones marked ``e2e``.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 from pathlib import Path
@@ -108,3 +109,16 @@ def tiny_run_config(tiny_bert_dir, sentiment_csv, tmp_path):
         "eval": {"batch_size": 16},
         "output": {"dir": str(tmp_path / "run")},
     }
+
+
+def cli_args(tree: dict, prefix: str = "") -> list[str]:
+    """``{"method": {"r": 4}}`` -> ``["--method.r", "4"]``: config overrides as the CLI takes them."""
+    args: list[str] = []
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            args += cli_args(value, dotted)
+        else:
+            text = json.dumps(value) if isinstance(value, (list, bool)) or value is None else str(value)
+            args += [f"--{dotted}", text]
+    return args

@@ -13,19 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli_args
 from tunelab.cli import main
-
-
-def _flatten(tree: dict, prefix: str = "") -> list[str]:
-    """``{"method": {"r": 4}}`` -> ``["--method.r", "4"]`` (values as the CLI would read them)."""
-    args: list[str] = []
-    for key, value in tree.items():
-        dotted = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict):
-            args += _flatten(value, dotted)
-        else:
-            args += [f"--{dotted}", json.dumps(value) if isinstance(value, (list, bool)) or value is None else str(value)]
-    return args
 
 
 def _snapshot(*roots: Path) -> set[Path]:
@@ -79,7 +68,7 @@ def train_cli(run_cli, tiny_run_config):
     """``tunelab train`` with the tiny-run overrides plus the test's own (later ones win)."""
 
     def run(*extra: str) -> tuple[int, str, str]:
-        result = run_cli(["train", *_flatten(tiny_run_config), *extra])
+        result = run_cli(["train", *cli_args(tiny_run_config), *extra])
         assert not Path(tiny_run_config["output"]["dir"]).exists(), "the run directory was created"
         return result
 
@@ -100,7 +89,7 @@ def assert_one_line_error(rc: int, out: str, err: str, *phrases: str) -> str:
 
 
 def test_flatten_builds_overrides():
-    assert _flatten({"method": {"name": "lora", "r": 4}, "x": {"y": {"z": [1, 2]}}}) == [
+    assert cli_args({"method": {"name": "lora", "r": 4}, "x": {"y": {"z": [1, 2]}}}) == [
         "--method.name", "lora", "--method.r", "4", "--x.y.z", "[1, 2]"]
 
 
@@ -258,7 +247,7 @@ def test_subprocess_prints_one_line_and_no_traceback(case, tmp_path, tiny_run_co
     latin.write_bytes(b"text,label\ncaf\xe9 good,positive\nbad film,negative\n")
     scratch = tmp_path / "tmpdir"  # the process's TMPDIR: anything left there is a leak
     scratch.mkdir()
-    train = ["train", *_flatten(tiny_run_config)]
+    train = ["train", *cli_args(tiny_run_config)]
     argv, phrase = {
         "unknown-model": (train + ["--model.name", "no-such-model-xyz"], "minilm-l6"),
         "non-utf8": (train + ["--data.name", str(latin)], "UTF-8"),

@@ -7,20 +7,13 @@ import json
 import pytest
 import torch
 
+from conftest import cli_args
 from tunelab import cli, runs
 from tunelab.tasks import classification
 
 
-def overrides(cfg: dict) -> list[str]:
-    args = []
-    for section, values in cfg.items():
-        for key, value in values.items():
-            args += [f"--{section}.{key}", json.dumps(value) if not isinstance(value, str) else value]
-    return args
-
-
 def run_train(cfg: dict) -> int:
-    return cli.main(["train", *overrides(cfg)])
+    return cli.main(["train", *cli_args(cfg)])
 
 
 def checkpoint(run_dir) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 from transformers import BertModel, BertTokenizerFast, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conftest import tiny_bert, tiny_gpt2, tiny_llama
+from conftest import tiny_bert, tiny_gpt2, tiny_llama, cli_args
 from tunelab.config import (AdapterMethod, BitFitMethod, IA3Method, PrefixMethod, PromptMethod,
                             validate_config)
 from tunelab.errors import UserError
@@ -820,18 +820,6 @@ def test_virtual_tokens_need_a_body_that_takes_them(method, argument):
     assert not common.adapters(model)
 
 
-def _flatten(tree: dict, prefix: str = "") -> list[str]:
-    args: list[str] = []
-    for key, value in tree.items():
-        dotted = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict):
-            args += _flatten(value, dotted)
-        else:
-            text = json.dumps(value) if isinstance(value, (list, bool)) or value is None else str(value)
-            args += [f"--{dotted}", text]
-    return args
-
-
 def test_cli_rejects_an_adapter_wider_than_the_model(tiny_run_config, capsys, monkeypatch, tmp_path):
     from pathlib import Path
 
@@ -841,7 +829,7 @@ def test_cli_rejects_an_adapter_wider_than_the_model(tiny_run_config, capsys, mo
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     overrides = {k: v for k, v in tiny_run_config.items() if k != "method"}  # drop the fixture's LoRA keys
     capsys.readouterr()
-    rc = main(["train", *_flatten(overrides), "--method.name", "adapter", "--method.size", "999"])
+    rc = main(["train", *cli_args(overrides), "--method.name", "adapter", "--method.size", "999"])
     out, err = capsys.readouterr()
     assert rc == 2
     lines = err.splitlines()

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from conftest import tiny_llama
+from conftest import cli_args, tiny_llama
 from tunelab import cli, runs
 from tunelab.config import PrefixMethod
 from tunelab.methods import apply_method, common
@@ -41,8 +41,7 @@ def test_mlp_prefix_folds_into_the_same_function():
 def test_training_with_mlp_saves_only_the_prefixes(tiny_run_config, tmp_path, capsys):
     cfg = dict(tiny_run_config, method={"name": "prefix", "num_virtual_tokens": 4, "reparameterize": True,
                                         "hidden_size": 8})
-    args = [f"--{s}.{k}={json.dumps(v) if not isinstance(v, str) else v}" for s, kv in cfg.items() for k, v in kv.items()]
-    assert cli.main(["train", *args]) == 0
+    assert cli.main(["train", *cli_args(cfg)]) == 0
     run_dir = tmp_path / "run"
     saved = runs.load_tensors(run_dir / "checkpoint" / "model.safetensors")
     assert not any("reparam" in k for k in saved)
