@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,11 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
 
     progress: dict[str, Any] = {"epoch": 0, "batches_done": 0, "step": 0, "best": None, "best_step": None,
                                 "best_epoch": None, "bad_evals": 0, "train_tokens": 0, "train_seconds": 0.0,
-                                "loop_seconds": 0.0, "last_eval_step": -1, "stopped_early": False}
+                                "loop_seconds": 0.0, "last_eval_step": -1, "stopped_early": False,
+                                "epoch_loss_sum": 0.0, "epoch_hits": 0, "epoch_examples": 0}
     if resume:
-        tensors, progress = runs.load_state(run_dir, optimizer, scheduler)
+        tensors, saved = runs.load_state(run_dir, optimizer, scheduler)
+        progress.update(saved)
         load_trainable_state(accelerator.unwrap_model(model), tensors)
 
     higher_is_better = tc.select_metric == "accuracy"
@@ -83,6 +86,8 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
         improved = best is None or (score > best if higher_is_better else score < best)
         if accelerator.is_main_process:
             runs.append_metrics(run_dir, record)
+            bar.write(f"epoch {epoch_float:.2f} step {progress['step']}: validation loss {metrics['loss']:.4f} "
+                      f"accuracy {metrics['accuracy']:.4f}", file=sys.stderr)
         if improved:
             progress.update(best=score, best_step=progress["step"], best_epoch=round(epoch_float, 4), bad_evals=0,
                             best_validation=metrics)
@@ -105,13 +110,21 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
     while not stop and progress["epoch"] < tc.epochs:
         train_loader.set_epoch(progress["epoch"])
         epoch_loader = train_loader
+        resumed_rng = None
         if progress["batches_done"]:
             epoch_loader = accelerator.skip_first_batches(train_loader, progress["batches_done"])
+            # Starting a loader draws a seed from the global RNG. The uninterrupted run drew it when
+            # the epoch began, before the snapshot; put the snapshot's state back at the first
+            # batch so dropout masks match.
+            resumed_rng = torch.get_rng_state()
         window_loss, window_batches = 0.0, 0
         for batch in epoch_loader:
+            if resumed_rng is not None:
+                torch.set_rng_state(resumed_rng)
+                resumed_rng = None
             step_start = time.perf_counter()
             with accelerator.accumulate(model):
-                per_example, _ = classification.per_example(model, batch)
+                per_example, correct = classification.per_example(model, batch)
                 loss = per_example.mean()
                 if not torch.isfinite(loss):
                     raise UserError(f"the loss became {loss.item()} at step {progress['step']}; "
@@ -126,6 +139,10 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
             progress["train_seconds"] += time.perf_counter() - step_start
             window_loss += loss.item()
             window_batches += 1
+            # Running train loss and accuracy of the epoch (this process's batches, dropout on).
+            progress["epoch_loss_sum"] += per_example.detach().sum().item()
+            progress["epoch_hits"] += int(correct.sum().item())
+            progress["epoch_examples"] += correct.numel()
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
@@ -147,6 +164,14 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
         if progress["batches_done"] >= len(train_loader):  # the epoch ran to its end
             progress["epoch"] += 1
             progress["batches_done"] = 0
+            n = max(progress["epoch_examples"], 1)
+            record = {"split": "train_epoch", "step": progress["step"], "epoch": progress["epoch"],
+                      "loss": progress["epoch_loss_sum"] / n, "accuracy": progress["epoch_hits"] / n}
+            if accelerator.is_main_process:
+                runs.append_metrics(run_dir, record)
+                bar.write(f"epoch {record['epoch']} step {record['step']}: train loss {record['loss']:.4f} "
+                          f"accuracy {record['accuracy']:.4f}", file=sys.stderr)
+            progress.update(epoch_loss_sum=0.0, epoch_hits=0, epoch_examples=0)
         if progress["last_eval_step"] != progress["step"]:
             progress["loop_seconds"] = time.perf_counter() - loop_start
             stop = validate() or stop
