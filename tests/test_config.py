@@ -199,7 +199,7 @@ def test_out_of_range_values_name_the_key(overrides, key):
 
 
 def test_literal_error_lists_allowed():
-    with pytest.raises(UserError, match=r"train\.select_metric: got 'f1'; allowed: 'accuracy' or 'loss'"):
+    with pytest.raises(UserError, match=r"train\.select_metric: got 'f1'; allowed: 'auto', 'accuracy' or 'loss'"):
         load_config(None, {"train": {"select_metric": "f1"}})
 
 
