@@ -61,6 +61,10 @@ class DataConfig(_Strict):
     """Keep only the first N training examples after splitting (quick runs, sanity checks)."""
     max_eval_examples: int | None = Field(None, ge=1)
     """Keep only the first N validation and test examples."""
+    max_validation_examples: int | None = Field(None, ge=1)
+    """Keep only the first N validation examples (overrides max_eval_examples for validation)."""
+    max_test_examples: int | None = Field(None, ge=1)
+    """Keep only the first N test examples (overrides max_eval_examples for test)."""
 
 
 class ClassificationTask(_Strict):
