@@ -16,7 +16,7 @@ from tunelab import cli, runs
 from tunelab.build import prepare
 from tunelab.config import load_config
 from tunelab.data.vocab import VOCAB_FILE, Vocabulary, collate, item
-from tunelab.evaluate import load_run
+from tunelab.evaluate import rebuild_run
 from tunelab.tasks import classification
 
 
@@ -45,7 +45,7 @@ def test_run_keeps_the_vocabulary_and_rebuilding_agrees(lstm_run):
 
 def test_summary_counts_every_parameter_and_the_checkpoint_holds_them_all(lstm_run):
     summary = json.loads((lstm_run / "summary.json").read_text())
-    _, prepared = load_run(lstm_run)
+    _, prepared = rebuild_run(lstm_run)
     total = sum(p.numel() for p in prepared.model.parameters())
     assert summary["trainable_params"] == summary["total_params"] == summary["added_params"] == total
     assert summary["trainable_percent"] == 100.0 and summary["model"] == "lstm"
@@ -67,7 +67,7 @@ def test_eval_reads_the_saved_vocabulary(lstm_run):
     saved = Vocabulary.from_json((lstm_run / VOCAB_FILE).read_text(encoding="utf-8"))
     reordered = Vocabulary(saved.itos[:2] + saved.itos[:1:-1], saved.stop_words)  # same words, other ids
     (lstm_run / VOCAB_FILE).write_text(reordered.to_json(), encoding="utf-8")
-    _, prepared = load_run(lstm_run)
+    _, prepared = rebuild_run(lstm_run)
     assert prepared.tokenizer == reordered
 
 
@@ -79,7 +79,7 @@ def test_train_epoch_records(lstm_run):
 
 def _softmax_of(run_dir: Path, text: str) -> tuple[list[str], torch.Tensor]:
     """The model's own probabilities for `text`, computed here without predict's code."""
-    cfg, prepared = load_run(run_dir)
+    cfg, prepared = rebuild_run(run_dir)
     model = prepared.model.eval()
     if isinstance(prepared.tokenizer, Vocabulary):
         batch = collate([item(prepared.tokenizer, text, cfg.task.max_length)])

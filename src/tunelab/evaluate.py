@@ -1,4 +1,5 @@
-"""Evaluation: loss and accuracy over a split, and rebuilding a run for ``tunelab eval``."""
+"""Rebuilding a run for ``tunelab eval``: base weights + the run's checkpoint, then the task's
+evaluation of a split (the same function training used)."""
 
 from __future__ import annotations
 
@@ -6,30 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-
-from tunelab.tasks import classification
 
 
-@torch.no_grad()
-def evaluate(model, loader, accelerator: Accelerator) -> dict[str, float]:
-    """Mean per-example loss and accuracy; gathered across processes without duplicates."""
-    was_training = model.training
-    model.eval()
-    losses, hits = [], []
-    for batch in loader:
-        per_example, correct = classification.per_example(model, batch)
-        per_example, correct = accelerator.gather_for_metrics((per_example, correct))
-        losses.append(per_example.float().cpu())
-        hits.append(correct.float().cpu())
-    model.train(was_training)
-    loss, acc = torch.cat(losses), torch.cat(hits)
-    return {"loss": loss.mean().item(), "accuracy": acc.mean().item(), "examples": loss.numel()}
-
-
-def load_run(run_dir: Path):
-    """Rebuild a run's model from the base weights (or the saved vocabulary) plus its
-    checkpoint; returns the config and the ``Prepared`` bundle with the trained tensors in."""
+def rebuild_run(run_dir: Path):
+    """The run's config and its prepared model with the checkpoint's tensors loaded (an LSTM
+    run's vocabulary is read back from the run directory)."""
     from tunelab import runs
     from tunelab.build import prepare
     from tunelab.config import load_config
@@ -53,30 +35,34 @@ def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
 
     from tunelab.train import make_accelerator
 
-    cfg, prepared = load_run(run_dir)
+    cfg, prepared = rebuild_run(run_dir)
     accelerator = make_accelerator(cfg)
-    loader = DataLoader(prepared.splits[split], batch_size=cfg.eval.batch_size,
-                        collate_fn=classification.collator(prepared.tokenizer))
+    loader = DataLoader(prepared.splits[split], batch_size=cfg.eval.batch_size, collate_fn=prepared.task.collator(prepared))
     model, loader = accelerator.prepare(prepared.model, loader)
-    return {"split": split, **evaluate(model, loader, accelerator)}
+    return {"split": split, **prepared.task.evaluate(model, loader, accelerator, prepared, split)}
 
 
 @torch.no_grad()
 def predict_run(run_dir: Path, texts: list[str]) -> list[dict[str, Any]]:
-    """The predicted label of each text with its softmax probability (and every label's)."""
+    """The predicted label of each text with its softmax probability (and every label's), for a
+    classification run (an encoder with a head, or the LSTM)."""
     from tunelab.errors import UserError
+    from tunelab.tasks import classification
 
     if not texts:
         raise UserError("give at least one text to classify, e.g. tunelab predict RUN_DIR \"a gripping film\"")
-    cfg, prepared = load_run(run_dir)
+    cfg, prepared = rebuild_run(run_dir)
+    if cfg.task.name != "classification":
+        raise UserError(f"predict needs a classification run; {run_dir} is a {cfg.task.name} run")
     if cfg.data.text_pair_column:
         raise UserError(f"{run_dir} classifies text pairs ({cfg.data.text_column}, {cfg.data.text_pair_column}); "
                         "predict takes single texts")
     model = prepared.model.eval()
+    collate = classification.collator(prepared)
     features = classification.encode_texts(prepared.tokenizer, texts, cfg.task.max_length)
     results = []
     for start in range(0, len(features), cfg.eval.batch_size):
-        batch = classification.collator(prepared.tokenizer)(features[start:start + cfg.eval.batch_size])
+        batch = collate(features[start:start + cfg.eval.batch_size])
         probs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).softmax(-1)  # (B, labels)
         for row in probs:
             best = int(row.argmax())
