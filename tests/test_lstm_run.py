@@ -19,6 +19,8 @@ from tunelab.data.vocab import VOCAB_FILE, Vocabulary, collate, item
 from tunelab.evaluate import rebuild_run
 from tunelab.tasks import classification
 
+CONFIGS = Path(__file__).parents[1] / "configs"
+
 
 @pytest.fixture
 def lstm_args(sentiment_csv, tmp_path) -> dict:
@@ -211,3 +213,29 @@ def test_params_explains_the_lstm_has_no_size_before_its_vocabulary(run_cli):
 ])
 def test_predict_bad_input(run_cli, argv, phrases):
     assert_one_line_error(*run_cli(argv), *phrases)
+
+
+def test_hub_imdb_shape_works_with_the_same_config(monkeypatch):
+    """The hub `imdb` set (train/test/unsupervised, ClassLabel neg/pos) through the same LSTM
+    config: nothing assumes the embedded data. The hub is offline here, so its loader is faked."""
+    import datasets
+
+    from tunelab.data import sources
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+
+    def split(prefix, n):
+        return datasets.Dataset.from_dict({"text": [f"{prefix}{i % 4} a {'superb' if i % 2 else 'awful'} film<br />"
+                                                    for i in range(n)], "label": [i % 2 for i in range(n)]}, features=features)
+
+    unsupervised = datasets.Dataset.from_dict({"text": ["unlabelled review"] * 4, "label": [-1] * 4},
+                                              features=datasets.Features({"text": datasets.Value("string"),
+                                                                          "label": datasets.Value("int64")}))
+    fake = datasets.DatasetDict({"train": split("trainword", 40), "test": split("testword", 20), "unsupervised": unsupervised})
+    monkeypatch.setattr(sources.datasets, "load_dataset", lambda name, subset=None: fake)
+    cfg = load_config(CONFIGS / "lstm" / "movie-reviews.yaml", {"data": {"name": "imdb"}, "method": {"min_freq": 1}})
+    prepared = prepare(cfg)
+    assert {k: len(v) for k, v in prepared.splits.items()} == {"train": 35, "validation": 5, "test": 20}
+    assert prepared.label_names == ["neg", "pos"]
+    assert not any(w.startswith("testword") for w in prepared.tokenizer.itos)
+    assert {"trainword0", "superb", "awful", "film"} <= set(prepared.tokenizer.itos)
