@@ -100,9 +100,11 @@ def test_empty_vocabulary_of_stop_words_names_stop_words():
         Vocabulary.build(["the a an", "It is what it is.", "..."], min_freq=1)
 
 
-def test_corrupt_vocabulary_file():
-    with pytest.raises(UserError, match="must start with <pad>, <unk>"):
-        Vocabulary(["film", PAD, UNK])
+@pytest.mark.parametrize("text", ["not json", '{"itos": ["film", "<pad>", "<unk>"], "stop_words": "english"}',
+                                  '{"itos": ["<pad>", "<unk>"]}'])
+def test_corrupt_vocabulary_file(text):
+    with pytest.raises(UserError, match="vocab.json is not a tunelab vocabulary"):
+        Vocabulary.from_json(text)
 
 
 # --------------------------------------------------------------------------------------------

@@ -69,9 +69,9 @@ class Vocabulary:
 
     def __init__(self, itos: list[str], stop_words: str = "english"):
         if itos[:2] != [PAD, UNK] or len(set(itos)) != len(itos):
-            raise UserError("a vocabulary must start with <pad>, <unk> and list every word once")
+            raise ValueError("a vocabulary must start with <pad>, <unk> and list every word once")
         if stop_words not in STOP_WORD_LISTS:
-            raise UserError(f"unknown stop-word list {stop_words!r}; known: {', '.join(STOP_WORD_LISTS)}")
+            raise ValueError(f"unknown stop-word list {stop_words!r}; known: {', '.join(STOP_WORD_LISTS)}")
         self.itos = list(itos)
         self.stoi = {w: i for i, w in enumerate(self.itos)}
         self.stop_words = stop_words
@@ -115,8 +115,12 @@ class Vocabulary:
 
     @classmethod
     def from_json(cls, text: str) -> "Vocabulary":
-        data = json.loads(text)
-        return cls(data["itos"], data["stop_words"])
+        try:
+            data = json.loads(text)
+            return cls(list(data["itos"]), data["stop_words"])
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            raise UserError(f"{VOCAB_FILE} is not a tunelab vocabulary ({type(exc).__name__}: {exc}); "
+                            "delete it to rebuild it from the train split") from None
 
 
 def item(vocab: Vocabulary, text: str, max_length: int, label: int = -1) -> dict:
