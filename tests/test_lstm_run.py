@@ -239,3 +239,11 @@ def test_hub_imdb_shape_works_with_the_same_config(monkeypatch):
     assert prepared.label_names == ["neg", "pos"]
     assert not any(w.startswith("testword") for w in prepared.tokenizer.itos)
     assert {"trainword0", "superb", "awful", "film"} <= set(prepared.tokenizer.itos)
+
+
+def test_an_lstm_run_records_model_lstm_whatever_the_shared_config_says():
+    """A comparison runs `lstm` beside encoder methods from one shared config naming a model."""
+    cfg = load_config(None, {"model": {"name": "minilm-l6", "revision": "main"}, "method": {"name": "lstm"}})
+    assert cfg.model.name == "lstm" and cfg.model.revision is None
+    assert cfg.run_dir().name == "lstm-rt-snippets-lstm"
+    assert load_config(None, {"method": {"name": "lora"}}).model.name == "minilm-l6"
