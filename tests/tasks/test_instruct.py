@@ -70,8 +70,9 @@ def test_loss_mask_covers_exactly_the_answer_tokens(prepared):
         assert batch["attention_mask"][row].sum() == prompt_len + len(answer)
 
 
-def test_loss_on_sequence_labels_every_real_token(tiny_causal_dir, review_dir, tmp_path):
-    p = prepare(load_config(None, instruct_config(tiny_causal_dir, review_dir, tmp_path, loss_on="sequence")))
+def test_loss_on_sequence_labels_every_real_token(tiny_causal_dir, sentiment_csv, tmp_path):
+    # a CSV with text labels (positive / negative), as users write them
+    p = prepare(load_config(None, instruct_config(tiny_causal_dir, sentiment_csv, tmp_path, loss_on="sequence")))
     batch = next(iter(loader(p, "train", 4)))
     assert torch.equal(batch["labels"] != causal.IGNORE, batch["attention_mask"].bool())
 
@@ -88,7 +89,7 @@ def test_longest_label_word_wins():
 
 def test_output_that_is_not_a_label_counts_as_wrong_and_invalid(prepared, monkeypatch):
     n = len(prepared.splits["test"])
-    gold = prepared.splits["test"]["label"]
+    gold = prepared.splits["test"]["label_id"]
     answers = iter(["positive" if g else "negative" for g in gold[:4]] + ["maybe"] * (n - 4))
     monkeypatch.setattr(causal, "generate", lambda model, tok, prompts, k: [next(answers) for _ in prompts])
     metrics = instruct.evaluate(prepared.model, loader(prepared, "test", 3), Accelerator(cpu=True), prepared, "test")
@@ -116,7 +117,7 @@ def test_score_accuracy_picks_the_most_likely_label_and_ignores_batching(tiny_ca
                 logp = model(ids).logits[0].log_softmax(-1)
             start = len(example["prompt_ids"])
             scores.append(sum(logp[start - 1 + i, tok].item() for i, tok in enumerate(answer)))
-        hits += int(max(range(len(scores)), key=scores.__getitem__) == example["label"])
+        hits += int(max(range(len(scores)), key=scores.__getitem__) == example["label_id"])
     assert results[0]["score_accuracy"] == pytest.approx(hits / len(prepared.splits["validation"]))
 
 

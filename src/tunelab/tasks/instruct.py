@@ -97,7 +97,8 @@ def prepare(cfg, raw: datasets.DatasetDict):
 
     def encode(example, split_name):
         prompt = causal.encode_prompt(tokenizer, task.template, example, budget, preamble)
-        return {"prompt_ids": prompt, "label": labels.encode(example[data.label_column], split_name)}
+        # A new column name: reusing the data's `label` would keep its type (text in a CSV).
+        return {"prompt_ids": prompt, "label_id": labels.encode(example[data.label_column], split_name)}
 
     splits = datasets.DatasetDict({
         name: split.map(encode, fn_kwargs={"split_name": name}, remove_columns=split.column_names, keep_in_memory=True)
@@ -111,9 +112,9 @@ def collator(prepared):
     pad_id, answers, loss_on = prepared.tokenizer.pad_token_id, prepared.extras["answers"], prepared.cfg.task.loss_on
 
     def collate(examples):
-        pairs = [causal.prompt_answer(e["prompt_ids"], answers[e["label"]], loss_on) for e in examples]
+        pairs = [causal.prompt_answer(e["prompt_ids"], answers[e["label_id"]], loss_on) for e in examples]
         batch = causal.lm_batch([p for p, _ in pairs], [lab for _, lab in pairs], pad_id)
-        batch["label"] = torch.tensor([e["label"] for e in examples])
+        batch["label"] = torch.tensor([e["label_id"] for e in examples])
         batch["prompt_ids"] = [list(e["prompt_ids"]) for e in examples]
         return batch
 
