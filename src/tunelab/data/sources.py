@@ -74,7 +74,17 @@ def read_rt_snippets(path: Path) -> datasets.DatasetDict:
     return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)})
 
 
-EMBEDDED_READERS = {"rt-snippets": read_rt_snippets}
+def read_wiki_slice(path: Path) -> datasets.DatasetDict:
+    """Plain-text Wikipedia articles (title, text), one example per article, so the 7:1:2 split
+    never cuts an article in two."""
+    import json
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+        {"title": [r["title"] for r in rows], "text": [r["text"] for r in rows]})})
+
+
+EMBEDDED_READERS = {"rt-snippets": read_rt_snippets, "wiki-slice": read_wiki_slice}
 
 
 # --------------------------------------------------------------------------------------------

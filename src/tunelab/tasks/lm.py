@@ -3,9 +3,10 @@
 Training: the documents of the train split are tokenized, joined (end-of-sequence token between
 documents) and cut into blocks of ``block_size``; every token of a block but the first is
 predicted. Evaluation: perplexity = exp(total token NLL / number of predicted tokens) over the
-concatenated split, read through windows of ``block_size`` moved by ``stride``: every token
-after the first is predicted exactly once, with the context its window gives. Padding is never
-counted. With ``stride == block_size`` this is the plain block computation.
+concatenated split, read through windows of ``block_size`` moved by ``stride`` < ``block_size``:
+every token after the first is predicted exactly once, with the context its window gives.
+With ``stride == block_size`` it is the plain block computation (each block on its own, its
+first token unpredicted). Padding is never counted.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ def blocks(ids: list[int], block_size: int) -> list[list[int]]:
 
 
 def sliding_windows(ids: list[int], block_size: int, stride: int) -> list[tuple[list[int], list[int]]]:
-    """(input ids, labels) windows that predict every token after the first exactly once.
+    """(input ids, labels) windows; no token is predicted twice.
 
     A window starts every ``stride`` tokens and spans ``block_size``; it is labelled only on
-    the tokens no earlier window predicted, so overlapping tokens serve as context alone.
+    the tokens no earlier window predicted, so overlapping tokens serve as context alone. A
+    window's first position has no context and is never predicted, which matters only when
+    windows do not overlap (``stride == block_size``).
     """
     windows = []
     predicted_until = 0  # tokens before this index are predicted (or are token 0)
