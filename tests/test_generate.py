@@ -10,40 +10,32 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conftest import WORDS, cli_args, write_sentiment_csv
+from conftest import WORDS, cli_args, write_jsonl
 from tunelab import cli, generate, runs
 from tunelab.config import load_config, to_yaml, validate_config
 from tunelab.methods import apply_method
 from tunelab.methods.common import load_trainable_state
 
-VOCAB = ["<pad>", "<unk>", "<eos>", *WORDS, "positive", "negative", "Review", "Sentiment", ":"]
-PAD, EOS = 0, 2
+EOS = 2  # conftest's tiny causal model: <pad> 0, <unk> 1, <eos> 2
 
 
-def save_tiny_causal(folder: Path, seed: int = 1) -> Path:
-    """A tiny Llama with a word-level tokenizer (<pad>, <unk>, <eos>), saved like a hub model folder.
-
-    Seed 1: its greedy continuations of the prompts used here run 10 tokens without <eos>.
-    """
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
-                            eos_token="<eos>").save_pretrained(folder)
+def save_varied_causal(tiny_causal_dir: Path, folder: Path, seed: int) -> Path:
+    """conftest's tiny causal model (same tokenizer and shapes) with weights drawn at std 1, not
+    0.02: that small a model at 0.02 continues every prompt by repeating one token."""
+    shutil.copytree(tiny_causal_dir, folder, dirs_exist_ok=True)
+    config = LlamaConfig.from_pretrained(folder)
+    config.initializer_range = 1.0
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=2, intermediate_size=32, max_position_embeddings=64,
-                      tie_word_embeddings=True, pad_token_id=PAD, bos_token_id=None, eos_token_id=EOS,
-                      initializer_range=1.0)  # not 0.02: so small a model then repeats one token forever
-    LlamaForCausalLM(cfg).save_pretrained(folder)
+    LlamaForCausalLM(config).save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="module")
-def tiny_causal_dir(tmp_path_factory) -> Path:
-    return save_tiny_causal(tmp_path_factory.mktemp("tiny-causal"))
+def causal_dir(tiny_causal_dir, tmp_path_factory) -> Path:
+    # Seed 2: its greedy continuations of the prompts used here run 10 tokens without <eos>.
+    return save_varied_causal(tiny_causal_dir, tmp_path_factory.mktemp("varied-causal"), seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +68,11 @@ def run_json(capsys, argv: list[str]) -> list[dict]:
     return json.loads(capsys.readouterr().out)
 
 
-def test_greedy_equals_argmax_loop_over_the_logits(tiny_causal_dir, capsys):
+def test_greedy_equals_argmax_loop_over_the_logits(causal_dir, capsys):
     prompts = ["the movie was", "a good film but"]
-    results = run_json(capsys, ["--model", str(tiny_causal_dir), "--max-new-tokens", "8",
+    results = run_json(capsys, ["--model", str(causal_dir), "--max-new-tokens", "8",
                                 *[a for p in prompts for a in ("--prompt", p)]])
-    model, tokenizer = load_folder(tiny_causal_dir)
+    model, tokenizer = load_folder(causal_dir)
     assert [r["prompt"] for r in results] == prompts
     for prompt, result in zip(prompts, results):
         expected = argmax_loop(model, tokenizer(prompt)["input_ids"], 8)
@@ -88,10 +80,11 @@ def test_greedy_equals_argmax_loop_over_the_logits(tiny_causal_dir, capsys):
         assert result["completion"] == tokenizer.decode(expected, skip_special_tokens=True)
 
 
-def test_model_generation_defaults_do_not_leak_into_the_options(tiny_causal_dir, tmp_path, capsys):
-    """A generation_config.json asking for sampling and a repetition penalty changes nothing we were not asked for."""
-    folder = Path(shutil.copytree(tiny_causal_dir, tmp_path / "model"))
-    GenerationConfig(do_sample=True, top_k=2, temperature=5.0, repetition_penalty=3.0).save_pretrained(folder)
+def test_model_generation_defaults_do_not_leak_into_the_options(causal_dir, tmp_path, capsys):
+    """A generation_config.json asking for sampling, beams and penalties changes nothing we were not asked for."""
+    folder = Path(shutil.copytree(causal_dir, tmp_path / "model"))
+    GenerationConfig(do_sample=True, top_k=2, temperature=5.0, repetition_penalty=3.0, num_beams=3,
+                     no_repeat_ngram_size=1).save_pretrained(folder)
     greedy = run_json(capsys, ["--model", str(folder), "--prompt", "the plot", "--max-new-tokens", "10"])
     model, tokenizer = load_folder(folder)
     expected = argmax_loop(model, tokenizer("the plot")["input_ids"], 10)
@@ -102,8 +95,8 @@ def test_model_generation_defaults_do_not_leak_into_the_options(tiny_causal_dir,
     assert penalised[0]["completion"] != greedy[0]["completion"]
 
 
-def test_seeded_sampling_repeats_and_seeds_differ(tiny_causal_dir, capsys):
-    base = ["--model", str(tiny_causal_dir), "--prompt", "the film", "--max-new-tokens", "20", "--sample",
+def test_seeded_sampling_repeats_and_seeds_differ(causal_dir, capsys):
+    base = ["--model", str(causal_dir), "--prompt", "the film", "--max-new-tokens", "20", "--sample",
             "--temperature", "2.0", "--top-k", "20", "--top-p", "0.95"]
     first = run_json(capsys, [*base, "--seed", "5"])
     again = run_json(capsys, [*base, "--seed", "5"])
@@ -112,10 +105,10 @@ def test_seeded_sampling_repeats_and_seeds_differ(tiny_causal_dir, capsys):
     assert first[0]["completion"] != other[0]["completion"]
 
 
-def test_streaming_prints_each_prompt_and_its_completion(tiny_causal_dir, tmp_path, capsys):
+def test_streaming_prints_each_prompt_and_its_completion(causal_dir, tmp_path, capsys):
     prompts_file = tmp_path / "prompts.txt"
     prompts_file.write_text("the story\n\na dull plot\n", encoding="utf-8")
-    args = ["--model", str(tiny_causal_dir), "--prompts-file", str(prompts_file), "--prompt", "fun", "--max-new-tokens", "6"]
+    args = ["--model", str(causal_dir), "--prompts-file", str(prompts_file), "--prompt", "fun", "--max-new-tokens", "6"]
     results = run_json(capsys, args)
     assert [r["prompt"] for r in results] == ["fun", "the story", "a dull plot"]  # --prompt first, blank lines skipped
     assert cli.main(["generate", *args]) == 0
@@ -135,8 +128,8 @@ def lm_run(tmp_path: Path, model_dir: Path, text: Path, method: dict) -> Path:
 
 @pytest.mark.parametrize("method", [{"name": "lora", "r": 4, "alpha": 8}, {"name": "prompt", "num_virtual_tokens": 3},
                                     {"name": "prefix", "num_virtual_tokens": 3}], ids=lambda m: m["name"])
-def test_run_directory_generates_with_its_method_and_checkpoint(method, tiny_causal_dir, tiny_text, tmp_path, capsys):
-    run_dir = lm_run(tmp_path, tiny_causal_dir, tiny_text, method)
+def test_run_directory_generates_with_its_method_and_checkpoint(method, causal_dir, tiny_text, tmp_path, capsys):
+    run_dir = lm_run(tmp_path, causal_dir, tiny_text, method)
     # A few steps move the tensors little; noise on them makes "was the checkpoint used" visible in the text.
     checkpoint = run_dir / runs.CHECKPOINT / "model.safetensors"
     torch.manual_seed(0)
@@ -145,7 +138,7 @@ def test_run_directory_generates_with_its_method_and_checkpoint(method, tiny_cau
     results = run_json(capsys, [str(run_dir), "--prompt", prompt, "--max-new-tokens", "8"])
 
     # The same by hand: base weights, the method applied, the checkpoint's tensors loaded.
-    model, tokenizer = load_folder(tiny_causal_dir)
+    model, tokenizer = load_folder(causal_dir)
     ids = tokenizer(prompt)["input_ids"]
     base = tokenizer.decode(argmax_loop(model, ids, 8), skip_special_tokens=True)
     apply_method(model, load_config(run_dir / "config.yaml").method, "llama", tokenizer)
@@ -155,10 +148,13 @@ def test_run_directory_generates_with_its_method_and_checkpoint(method, tiny_cau
     assert results[0]["completion"] != base
 
 
-def test_template_renders_the_runs_prompt(tiny_causal_dir, tmp_path, capsys):
+def test_template_renders_the_runs_prompt(causal_dir, tmp_path, capsys):
     run_dir = tmp_path / "instruct"
-    cfg = {"model": {"name": str(tiny_causal_dir)}, "data": {"name": str(write_sentiment_csv(tmp_path / "r.csv"))},
-           "task": {"name": "instruct", "max_length": 32, "shots": 2}, "method": {"name": "prompt", "num_virtual_tokens": 2},
+    rows = [{"text": f"the film was {w}", "label": int(w in ("good", "fun"))} for w in ["good", "bad", "fun", "dull"] * 10]
+    data = write_jsonl(tmp_path / "reviews.jsonl", rows)
+    cfg = {"model": {"name": str(causal_dir)}, "data": {"name": str(data)},
+           "task": {"name": "instruct", "max_length": 48, "shots": 2, "label_words": ["negative", "positive"]},
+           "method": {"name": "prompt", "num_virtual_tokens": 2},
            "train": {"max_steps": 3, "batch_size": 8, "lr": 5e-2}, "output": {"dir": str(run_dir)}}
     assert cli.main(["train", *cli_args(cfg)]) == 0
     results = run_json(capsys, [str(run_dir), "--template", "--prompt", "a superb film", "--max-new-tokens", "3"])
@@ -203,7 +199,7 @@ def test_options_reach_the_generation_config():
     (["--sample", "--greedy"], "not allowed with argument"),
     (["--template"], "--template renders a run's task template; give a RUN_DIR"),
     (["--prompts-file", "missing.txt"], "prompts file not found: missing.txt"),
-    (["--max-new-tokens", "63"], "exceeds the model's 64 positions"),
+    (["--max-new-tokens", "127"], "exceeds the model's 128 positions"),
     (["--prompt", "  "], "tokenizes to nothing"),
 ])
 def test_bad_options_are_one_line(args, message, tiny_causal_dir, capsys):

@@ -2,8 +2,9 @@
 
 A run directory is rebuilt exactly as ``tunelab eval`` rebuilds it (base weights, the run's
 method, its checkpoint), so prompt- and prefix-tuned runs generate with their virtual tokens.
-Decoding is Hugging Face ``generate`` with a :class:`~transformers.GenerationConfig` that sets
-every option explicitly, so a model's own generation defaults never change what was asked.
+Decoding is Hugging Face ``generate`` with a :class:`~transformers.GenerationConfig` built from
+the options alone: a model's own ``generation_config.json`` (sampling, beams, penalties) is set
+aside, so the text is exactly what the options ask for.
 """
 
 from __future__ import annotations
@@ -48,8 +49,6 @@ class GenerationOptions(BaseModel):
     """Seed set before each prompt, so a prompt sampled with the same seed gives the same text."""
 
     def generation_config(self, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
-        # Every field set (none left None), so the model's generation_config.json cannot fill in
-        # its own temperature or top_p behind the user's back.
         return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.sample,
                                 temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                                 repetition_penalty=self.repetition_penalty,
@@ -174,6 +173,9 @@ def generate(generator: Generator, prompts: list[str], options: GenerationOption
     texts = [render_prompt(generator, p) if template else p for p in prompts]
     encoded = [encode(generator, t, options.max_new_tokens) for t in texts]  # every prompt checked before any runs
     config = options.generation_config(tokenizer)
+    # generate() fills every field the passed config leaves unset from the model's own defaults
+    # (a hub model may ask for sampling, beams or a penalty there); plain defaults instead.
+    model.generation_config = GenerationConfig()
     results = []
     for prompt, text, ids in zip(prompts, texts, encoded):
         if options.seed is not None:
