@@ -49,9 +49,11 @@ class GenerationOptions(BaseModel):
     """Seed set before each prompt, so a prompt sampled with the same seed gives the same text."""
 
     def generation_config(self, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+        # Sampling settings only when sampling: greedy decoding ignores them, and transformers
+        # warns when they are set without do_sample.
+        sampling = dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p) if self.sample else {}
         return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.sample,
-                                temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                                repetition_penalty=self.repetition_penalty,
+                                repetition_penalty=self.repetition_penalty, **sampling,
                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
 
 
