@@ -33,6 +33,7 @@ def test_parse_overrides_types_and_nesting():
     ("null", None), ("true", True), ("false", False), ("5e-4", 5e-4), ("-3", -3), ("0.25", 0.25),
     ("minilm-l6", "minilm-l6"), ("[c_attn:q,v]", ["c_attn:q", "v"]),
     ('["c_attn:q,v"]', ["c_attn:q,v"]), ("{train: 0.8}", {"train": 0.8}),
+    ("{text}", "{text}"), ("Review: {text} Sentiment:", "Review: {text} Sentiment:"), ("", ""), ("yes", "yes"),
 ])
 def test_parse_overrides_values(text, expected):
     value = parse_overrides(["--a.b", text])["a"]["b"]

@@ -61,6 +61,10 @@ class DataConfig(_Strict):
     """Keep only the first N training examples after splitting (quick runs, sanity checks)."""
     max_eval_examples: int | None = Field(None, ge=1)
     """Keep only the first N validation and test examples."""
+    max_validation_examples: int | None = Field(None, ge=1)
+    """Keep only the first N validation examples (overrides max_eval_examples for validation)."""
+    max_test_examples: int | None = Field(None, ge=1)
+    """Keep only the first N test examples (overrides max_eval_examples for test)."""
 
 
 class ClassificationTask(_Strict):
@@ -106,6 +110,9 @@ class InstructTask(_Strict):
     @classmethod
     def _label_keys_as_text(cls, value):
         # YAML reads `True: yes` with a boolean key; labels are compared as text.
+        words = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else []
+        if any(isinstance(w, bool) for w in words):
+            raise ValueError("a label word was read as a boolean; quote yes/no/on/off in YAML, e.g. 'yes'")
         return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
 
@@ -301,7 +308,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     """Turn ``["--method.r", "16", "--train.lr=1e-4"]`` into a nested dict.
 
     Values are parsed as YAML scalars/lists, so ``16`` is an int, ``1e-4`` a float, ``null``
-    None and ``[q,v]`` a list.
+    None and ``[q,v]`` a list; anything else (``{text}``, ``a: b``) stays text.
     """
     nested: dict[str, Any] = {}
     i = 0
@@ -330,13 +337,24 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 
 def _parse_value(text: str) -> Any:
+    if text == "":
+        return ""  # an empty value is empty text; null is written `null`
+    if text.lower() in ("yes", "no", "on", "off", "y", "n"):
+        return text  # YAML 1.1 would make these booleans; on the command line they are words
     # PyYAML (YAML 1.1) reads "5e-4" as a string, so numbers are tried first.
     for cast in (int, float):
         try:
             return cast(text)
         except ValueError:
             pass
-    return yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # e.g. a prompt template "Review: {text} Sentiment:" is plain text
+    # "{train: 0.8}" is a mapping, but "{text}" (a key without a value) is a prompt template.
+    if isinstance(value, dict) and any(v is None for v in value.values()):
+        return text
+    return value
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -384,7 +402,8 @@ def describe_validation_error(exc: ValidationError, raw: dict[str, Any]) -> str:
     """One line naming the first bad key, what it got and what is allowed."""
     err = exc.errors()[0]
     # Drop the discriminator tag pydantic inserts in union paths (method.lora.r -> method.r).
-    loc = [str(p) for p in err["loc"]]
+    # Union members appear in the path by type name (label_words.list[str]); they are not keys.
+    loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and "[" in p)]
     if len(loc) >= 2 and loc[0] in ("method", "task") and loc[1] == _section_name(raw, loc[0]):
         loc.pop(1)
     key = ".".join(loc) or "config"

@@ -36,9 +36,10 @@ def load_splits(cfg: DataConfig) -> datasets.DatasetDict:
     splits = _ensure_splits(raw, cfg)
     if cfg.max_train_examples:
         splits["train"] = splits["train"].select(range(min(cfg.max_train_examples, len(splits["train"]))))
-    if cfg.max_eval_examples:
-        for name in ("validation", "test"):
-            splits[name] = splits[name].select(range(min(cfg.max_eval_examples, len(splits[name]))))
+    for name, limit in (("validation", cfg.max_validation_examples or cfg.max_eval_examples),
+                        ("test", cfg.max_test_examples or cfg.max_eval_examples)):
+        if limit:
+            splits[name] = splits[name].select(range(min(limit, len(splits[name]))))
     for name in SPLIT_NAMES:
         if len(splits[name]) == 0:
             raise UserError(f"the {name} split of {cfg.name!r} is empty; give more data or change data.split")
