@@ -97,7 +97,10 @@ def test_output_that_is_not_a_label_counts_as_wrong_and_invalid(prepared, monkey
     assert metrics["accuracy"] == metrics["generate_accuracy"]
 
 
-def test_score_accuracy_picks_the_most_likely_label_and_ignores_batching(prepared):
+@pytest.mark.parametrize("words", [None, ["very bad", "very good"]], ids=["one-token", "two-token"])
+def test_score_accuracy_picks_the_most_likely_label_and_ignores_batching(tiny_causal_dir, review_dir, tmp_path, words):
+    prepared = prepare(load_config(None, instruct_config(tiny_causal_dir, review_dir, tmp_path, label_words=words)))
+    assert {len(a) for a in prepared.extras["answers"]} == ({1} if words is None else {2})
     results = [instruct.evaluate(prepared.model, loader(prepared, "validation", b), Accelerator(cpu=True), prepared)
                for b in (1, 3, 8)]
     assert len({r["score_accuracy"] for r in results}) == 1

@@ -125,13 +125,23 @@ def training_loss(model, batch):
 
 
 def label_nll(model, prompts: list[list[int]], answers: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, L) summed NLL of every label's answer after every prompt, and (L,) answer lengths."""
-    nlls = []
-    for answer in answers:
-        pairs = [causal.prompt_answer(p, answer) for p in prompts]
-        batch = causal.lm_batch([x for x, _ in pairs], [y for _, y in pairs], pad_id)
-        nll, _ = causal.token_nll(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")))
-        nlls.append(nll)
+    """(B, L) summed NLL of every label's answer after every prompt, and (L,) answer lengths.
+
+    Single-token answers are all read from one pass over the prompts (the distribution after
+    the last prompt token); a longer answer costs one pass of prompt + answer.
+    """
+    nlls: list[torch.Tensor | None] = [None] * len(answers)
+    single = [j for j, a in enumerate(answers) if len(a) == 1]
+    if single:
+        batch = causal.lm_batch(prompts, prompts, pad_id)
+        logp = causal.next_token_logprobs(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        for j in single:
+            nlls[j] = -logp[:, answers[j][0]]
+    for j, answer in enumerate(answers):
+        if nlls[j] is None:
+            pairs = [causal.prompt_answer(p, answer) for p in prompts]
+            batch = causal.lm_batch([x for x, _ in pairs], [y for _, y in pairs], pad_id)
+            nlls[j], _ = causal.token_nll(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")))
     return torch.stack(nlls, dim=1), torch.tensor([len(a) for a in answers], device=device)
 
 
