@@ -144,6 +144,27 @@ def cmd_params(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
+    from tunelab import generate as gen
+
+    if extra:
+        raise UserError(f"unexpected arguments: {' '.join(extra)}")
+    if (args.run_dir is None) == (args.model is None):
+        raise UserError("give a run directory or --model NAME (one of them): "
+                        "tunelab generate RUN_DIR --prompt TEXT, or tunelab generate --model smollm2-135m --prompt TEXT")
+    if args.template and args.run_dir is None:
+        raise UserError("--template renders a run's task template; give a RUN_DIR, or drop --template")
+    options = gen.make_options(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature,
+                               top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                               seed=args.seed)
+    prompts = gen.read_prompts(args.prompt, args.prompts_file)
+    generator = gen.load_run(Path(args.run_dir)) if args.run_dir else gen.load_base(args.model)
+    results = gen.generate(generator, prompts, options, template=args.template, stream=None if args.json else sys.stdout)
+    if args.json:
+        gen.print_results(results)
+    return 0
+
+
 def cmd_catalog(kind: str):
     def run(args: argparse.Namespace, extra: list[str]) -> int:
         from tunelab import catalog
@@ -195,6 +216,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=int, default=2, help="classifier outputs, for encoders (default 2)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("generate", help="continue prompts with a base causal LM or a trained run (its method applied)")
+    p.add_argument("run_dir", nargs="?", help="a run directory of a causal-LM task (instruct, lm, summarization)")
+    p.add_argument("--model", help="a base model instead: catalog name, local directory or hub id")
+    p.add_argument("--prompt", action="append", help="text to continue (repeatable)")
+    p.add_argument("--prompts-file", help="more prompts, one per non-empty line")
+    p.add_argument("--template", action="store_true",
+                   help="fill the run's task template with each prompt (a JSON object when it has several fields)")
+    p.add_argument("--max-new-tokens", type=int, help="tokens to generate per prompt (default 50)")
+    decoding = p.add_mutually_exclusive_group()
+    decoding.add_argument("--greedy", dest="sample", action="store_false", help="most likely token each step (default)")
+    decoding.add_argument("--sample", dest="sample", action="store_true", help="sample each token")
+    p.add_argument("--temperature", type=float, help="with --sample: > 0 (default 1)")
+    p.add_argument("--top-k", type=int, help="with --sample: the k most likely tokens, 0 = all (default 0)")
+    p.add_argument("--top-p", type=float, help="with --sample: nucleus mass, 0 < p <= 1 (default 1)")
+    p.add_argument("--repetition-penalty", type=float, help="> 0, 1 = off (default 1)")
+    p.add_argument("--seed", type=int, help="seed set before each prompt, for repeatable sampling")
+    p.add_argument("--json", action="store_true", help="print all results as JSON (prompt, completion), no streaming")
+    p.set_defaults(func=cmd_generate, sample=False)
 
     sub.add_parser("models", help="list the embedded models").set_defaults(func=cmd_catalog("model"))
     sub.add_parser("data", help="list the embedded datasets").set_defaults(func=cmd_catalog("dataset"))

@@ -70,8 +70,9 @@ def test_loss_mask_covers_exactly_the_answer_tokens(prepared):
         assert batch["attention_mask"][row].sum() == prompt_len + len(answer)
 
 
-def test_loss_on_sequence_labels_every_real_token(tiny_causal_dir, review_dir, tmp_path):
-    p = prepare(load_config(None, instruct_config(tiny_causal_dir, review_dir, tmp_path, loss_on="sequence")))
+def test_loss_on_sequence_labels_every_real_token(tiny_causal_dir, sentiment_csv, tmp_path):
+    # a CSV with text labels (positive / negative), as users write them
+    p = prepare(load_config(None, instruct_config(tiny_causal_dir, sentiment_csv, tmp_path, loss_on="sequence")))
     batch = next(iter(loader(p, "train", 4)))
     assert torch.equal(batch["labels"] != causal.IGNORE, batch["attention_mask"].bool())
 
@@ -88,7 +89,7 @@ def test_longest_label_word_wins():
 
 def test_output_that_is_not_a_label_counts_as_wrong_and_invalid(prepared, monkeypatch):
     n = len(prepared.splits["test"])
-    gold = prepared.splits["test"]["label"]
+    gold = prepared.splits["test"]["label_id"]
     answers = iter(["positive" if g else "negative" for g in gold[:4]] + ["maybe"] * (n - 4))
     monkeypatch.setattr(causal, "generate", lambda model, tok, prompts, k: [next(answers) for _ in prompts])
     metrics = instruct.evaluate(prepared.model, loader(prepared, "test", 3), Accelerator(cpu=True), prepared, "test")
@@ -97,7 +98,10 @@ def test_output_that_is_not_a_label_counts_as_wrong_and_invalid(prepared, monkey
     assert metrics["accuracy"] == metrics["generate_accuracy"]
 
 
-def test_score_accuracy_picks_the_most_likely_label_and_ignores_batching(prepared):
+@pytest.mark.parametrize("words", [None, ["very bad", "very good"]], ids=["one-token", "two-token"])
+def test_score_accuracy_picks_the_most_likely_label_and_ignores_batching(tiny_causal_dir, review_dir, tmp_path, words):
+    prepared = prepare(load_config(None, instruct_config(tiny_causal_dir, review_dir, tmp_path, label_words=words)))
+    assert {len(a) for a in prepared.extras["answers"]} == ({1} if words is None else {2})
     results = [instruct.evaluate(prepared.model, loader(prepared, "validation", b), Accelerator(cpu=True), prepared)
                for b in (1, 3, 8)]
     assert len({r["score_accuracy"] for r in results}) == 1
@@ -113,7 +117,7 @@ def test_score_accuracy_picks_the_most_likely_label_and_ignores_batching(prepare
                 logp = model(ids).logits[0].log_softmax(-1)
             start = len(example["prompt_ids"])
             scores.append(sum(logp[start - 1 + i, tok].item() for i, tok in enumerate(answer)))
-        hits += int(max(range(len(scores)), key=scores.__getitem__) == example["label"])
+        hits += int(max(range(len(scores)), key=scores.__getitem__) == example["label_id"])
     assert results[0]["score_accuracy"] == pytest.approx(hits / len(prepared.splits["validation"]))
 
 

@@ -151,6 +151,16 @@ def token_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
     return per_example, mask.sum(1)
 
 
+def next_token_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, V) log-probabilities of the token after each right-padded sequence's last real token."""
+    body = transformer_body(model)
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = hidden[:, -input_ids.shape[1]:]  # (B, T, H) without virtual positions
+    last = attention_mask.sum(1) - 1  # (B,)
+    picked = hidden[torch.arange(input_ids.shape[0], device=input_ids.device), last]  # (B, H)
+    return model.get_output_embeddings()(picked).float().log_softmax(-1)
+
+
 def mean_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Training loss: mean NLL over every labelled token of the batch."""
     nll, count = token_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])

@@ -97,7 +97,8 @@ def prepare(cfg, raw: datasets.DatasetDict):
 
     def encode(example, split_name):
         prompt = causal.encode_prompt(tokenizer, task.template, example, budget, preamble)
-        return {"prompt_ids": prompt, "label": labels.encode(example[data.label_column], split_name)}
+        # A new column name: reusing the data's `label` would keep its type (text in a CSV).
+        return {"prompt_ids": prompt, "label_id": labels.encode(example[data.label_column], split_name)}
 
     splits = datasets.DatasetDict({
         name: split.map(encode, fn_kwargs={"split_name": name}, remove_columns=split.column_names, keep_in_memory=True)
@@ -111,9 +112,9 @@ def collator(prepared):
     pad_id, answers, loss_on = prepared.tokenizer.pad_token_id, prepared.extras["answers"], prepared.cfg.task.loss_on
 
     def collate(examples):
-        pairs = [causal.prompt_answer(e["prompt_ids"], answers[e["label"]], loss_on) for e in examples]
+        pairs = [causal.prompt_answer(e["prompt_ids"], answers[e["label_id"]], loss_on) for e in examples]
         batch = causal.lm_batch([p for p, _ in pairs], [lab for _, lab in pairs], pad_id)
-        batch["label"] = torch.tensor([e["label"] for e in examples])
+        batch["label"] = torch.tensor([e["label_id"] for e in examples])
         batch["prompt_ids"] = [list(e["prompt_ids"]) for e in examples]
         return batch
 
@@ -125,13 +126,23 @@ def training_loss(model, batch):
 
 
 def label_nll(model, prompts: list[list[int]], answers: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, L) summed NLL of every label's answer after every prompt, and (L,) answer lengths."""
-    nlls = []
-    for answer in answers:
-        pairs = [causal.prompt_answer(p, answer) for p in prompts]
-        batch = causal.lm_batch([x for x, _ in pairs], [y for _, y in pairs], pad_id)
-        nll, _ = causal.token_nll(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")))
-        nlls.append(nll)
+    """(B, L) summed NLL of every label's answer after every prompt, and (L,) answer lengths.
+
+    Single-token answers are all read from one pass over the prompts (the distribution after
+    the last prompt token); a longer answer costs one pass of prompt + answer.
+    """
+    nlls: list[torch.Tensor | None] = [None] * len(answers)
+    single = [j for j, a in enumerate(answers) if len(a) == 1]
+    if single:
+        batch = causal.lm_batch(prompts, prompts, pad_id)
+        logp = causal.next_token_logprobs(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        for j in single:
+            nlls[j] = -logp[:, answers[j][0]]
+    for j, answer in enumerate(answers):
+        if nlls[j] is None:
+            pairs = [causal.prompt_answer(p, answer) for p in prompts]
+            batch = causal.lm_batch([x for x, _ in pairs], [y for _, y in pairs], pad_id)
+            nlls[j], _ = causal.token_nll(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")))
     return torch.stack(nlls, dim=1), torch.tensor([len(a) for a in answers], device=device)
 
 
