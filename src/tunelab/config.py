@@ -254,9 +254,9 @@ class LSTMMethod(_Strict):
     embedding_dim: int = Field(100, ge=1)
     """Width of the word embeddings (trained from scratch)."""
     hidden_size: int = Field(100, ge=1)
-    """Width of the LSTM state, per direction (the lab's 100)."""
+    """Width of the LSTM state, per direction."""
     n_layers: int = Field(1, ge=1)
-    """Stacked LSTM layers (the lab's 1)."""
+    """Stacked LSTM layers."""
     bidirectional: bool = False
     """Also read every text right to left; the head then sees both final states."""
     dropout: float = Field(0.5, ge=0, lt=1)
