@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from tunelab import runs
+from tunelab import profile, runs
 from tunelab.build import Prepared
 from tunelab.config import RunConfig
 from tunelab.errors import UserError
@@ -109,6 +109,8 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
             epoch_loader = accelerator.skip_first_batches(train_loader, progress["batches_done"])
         window_loss, window_batches = 0.0, 0
         for batch in epoch_loader:
+            if progress.get("memory") is None:  # once per run, before the first step changes anything
+                progress["memory"] = profile.measure_step(model, batch, lambda m, b: classification.per_example(m, b)[0].mean())
             step_start = time.perf_counter()
             with accelerator.accumulate(model):
                 per_example, _ = classification.per_example(model, batch)
@@ -170,7 +172,7 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
         "tokens_per_second": progress["train_tokens"] / max(progress["train_seconds"], 1e-9),
         "train_examples": len(prepared.splits["train"]), "test_examples": len(prepared.splits["test"]),
         "label_names": prepared.label_names,
-        **peak_memory(accelerator),
+        **peak_memory(accelerator), "memory": progress.get("memory"),
         "device": str(accelerator.device), "num_processes": accelerator.num_processes,
         "versions": runs.versions(), "git_hash": runs.git_hash(),
     }
