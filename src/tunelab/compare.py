@@ -65,9 +65,12 @@ class Plan:
 
 
 def registered_methods() -> list[str]:
-    from tunelab.methods import REGISTRY
+    """Every method a config can name. The config's method classes carry the same names as
+    ``tunelab.methods.REGISTRY`` (a test checks) and, unlike it, do not import torch into the
+    comparison's own process, which only starts the runs."""
+    from tunelab.config import METHOD_CLASSES
 
-    return list(REGISTRY)
+    return list(METHOD_CLASSES)
 
 
 def load_compare_config(path: str | Path | None, overrides: dict[str, Any] | None = None,

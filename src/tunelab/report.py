@@ -203,6 +203,7 @@ def main_columns(rows: list[Row], metric: str) -> list[Column]:
         Column("tokens_per_second", "tokens/s", "rate"),
         Column("peak_memory_bytes", "peak memory (MB)", "mb"),
         Column("best_epoch", "best epoch", "epoch"),
+        Column("best_step", "best step", "int"),
         Column("steps", "steps", "int"),
     ]
     return _present(columns, rows)
@@ -351,6 +352,7 @@ def make_plots(rows: list[Row], metric: str, higher_is_better: bool) -> list[tup
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     colors = {row.name: plt.get_cmap("tab10")(i % 10) for i, row in enumerate(rows)}
     plots = []
@@ -389,6 +391,7 @@ def make_plots(rows: list[Row], metric: str, higher_is_better: bool) -> list[tup
         ax.step([max(p[1], 1) for p in ordered], [p[2] for p in ordered], where="post", color="gray",
                 linestyle="--", linewidth=1, label="Pareto front")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: labels stay readable
         ax.set_xlabel("trainable parameters (log scale)")
         ax.set_ylabel(f"test {metric}")
         ax.set_title(f"Test {metric} against trainable parameters (stars: Pareto front)")
@@ -534,25 +537,26 @@ def write_report(dirs: list[Path], output: Path, failed: dict[str, str] | None =
     images = "".join(f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
                      f"<figcaption>{html.escape(t)}</figcaption></figure>" for _, t, png in plots)
     page = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-            f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>",
+            f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>", f"<p>{_inline(intro)}</p>",
             f"<p>Budget: {html.escape(budget)}.</p>", "<h2>Results</h2>", html_table(headers, body, "results"),
-            *[f"<p>{_bold(n)}</p>" for n in notes]]
+            *[f"<p>{_inline(n)}</p>" for n in notes]]
     if memory_table:
         page += ["<h2>Memory of one training step</h2>", html_table(*memory_table, "memory"),
                  f"<p>{html.escape(memory_note)}</p>"]
     page += ["<h2>Plots</h2>", images]
     if problems:
         page += ["<h2>Runs not in the table</h2><ul>"] + \
-            [f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in problems.items()] + ["</ul>"]
+            [f"<li><code>{html.escape(k)}</code>: {_inline(v)}</li>" for k, v in problems.items()] + ["</ul>"]
     page += ["<h2>Config</h2>", f"<pre>{html.escape(config_text)}</pre>", "<h2>Environment</h2>",
              html_table(["", "value"], [[k, v] for k, v in env], "environment"), "</body></html>"]
     (output / "report.html").write_text("\n".join(page), encoding="utf-8")
     return {"markdown": output / "report.md", "html": output / "report.html", "csv": output / "results.csv"}
 
 
-def _bold(note: str) -> str:
-    parts = html.escape(note).split("**")
-    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+def _inline(text: str) -> str:
+    """The little Markdown the notes use (`code`, **bold**) as HTML."""
+    escaped = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text, quote=False))
+    return re.sub(r"\*\*([^*]*)\*\*", r"<strong>\1</strong>", escaped)
 
 
 CSS = """
