@@ -396,7 +396,8 @@ def make_plots(rows: list[Row], metric: str, higher_is_better: bool) -> list[tup
         ax.set_ylabel(f"test {metric}")
         ax.set_title(f"Test {metric} against trainable parameters (stars: Pareto front)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="lower right" if higher_is_better else "upper right")
+        ax.margins(x=0.12, y=0.1)  # room for the labels of the outermost points
+        ax.legend(fontsize=8, loc="best")
         plots.append(("pareto.png", f"Test {metric} against trainable parameters", _figure_png(fig)))
 
     # Train time and peak memory bars.
