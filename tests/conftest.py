@@ -18,8 +18,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (BertConfig, BertModel, BertTokenizerFast, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM)
+                          LlamaForCausalLM, PreTrainedTokenizerFast)
 
 
 WORDS = ("good great fine bad awful poor movie film plot actor story dull fun boring superb weak "
@@ -122,3 +123,32 @@ def cli_args(tree: dict, prefix: str = "") -> list[str]:
             text = json.dumps(value) if isinstance(value, (list, bool)) or value is None else str(value)
             args += [f"--{dotted}", text]
     return args
+
+
+CAUSAL_VOCAB = ["<pad>", "<unk>", "<eos>", *WORDS, "positive", "negative", "yes", "no", "Review", "Sentiment",
+                "Question", "Answer", "TL", "DR", ":", ";", "?", ".", "cat", "sat", "on", "mat", "dog", "ran"]
+
+
+def save_tiny_causal(folder: Path, seed: int = 0) -> Path:
+    """A tiny Llama with a word-level tokenizer (<pad>, <unk>, <eos>), saved like a hub model
+    folder so `tunelab train --model.name DIR` loads it."""
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(CAUSAL_VOCAB)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(CAUSAL_VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, intermediate_size=32, max_position_embeddings=128,
+                      tie_word_embeddings=True, pad_token_id=0, eos_token_id=2, bos_token_id=None)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_dir(tmp_path_factory) -> Path:
+    return save_tiny_causal(tmp_path_factory.mktemp("tiny-causal"))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path

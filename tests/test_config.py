@@ -33,6 +33,7 @@ def test_parse_overrides_types_and_nesting():
     ("null", None), ("true", True), ("false", False), ("5e-4", 5e-4), ("-3", -3), ("0.25", 0.25),
     ("minilm-l6", "minilm-l6"), ("[c_attn:q,v]", ["c_attn:q", "v"]),
     ('["c_attn:q,v"]', ["c_attn:q,v"]), ("{train: 0.8}", {"train": 0.8}),
+    ("{text}", "{text}"), ("Review: {text} Sentiment:", "Review: {text} Sentiment:"), ("", ""), ("yes", "yes"),
 ])
 def test_parse_overrides_values(text, expected):
     value = parse_overrides(["--a.b", text])["a"]["b"]
@@ -199,7 +200,7 @@ def test_out_of_range_values_name_the_key(overrides, key):
 
 
 def test_literal_error_lists_allowed():
-    with pytest.raises(UserError, match=r"train\.select_metric: got 'f1'; allowed: 'accuracy' or 'loss'"):
+    with pytest.raises(UserError, match=r"train\.select_metric: got 'f1'; allowed: 'auto', 'accuracy' or 'loss'"):
         load_config(None, {"train": {"select_metric": "f1"}})
 
 

@@ -67,3 +67,29 @@ def test_lora_on_minilm_trains_and_evaluates(tmp_path, capsys):
     assert cli.main(["eval", str(run_dir), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-9)
+
+
+def test_smollm2_perplexity_on_wiki_slice_is_that_of_a_real_language_model(tmp_path):
+    run_dir = tmp_path / "lm"
+    rc = cli.main(["train", "--config", str(CONFIGS / "smollm2-135m" / "wiki-slice-lm-lora.yaml"), "--method.name", "none",
+                   "--task.eval_before", "false", "--task.block_size", "128", "--task.stride", "64",
+                   "--task.sample_prompts", "[The history of]", "--task.sample_max_new_tokens", "5",
+                   "--data.max_train_examples", "1", "--data.max_eval_examples", "1", "--output.dir", str(run_dir)])
+    assert rc == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # SmolLM2-135M on Wikipedia prose: far below a uniform guess over 49,152 tokens, far above 1
+    assert 5 < summary["test_perplexity"] < 60
+    assert summary["test_tokens"] > 1000
+    samples = json.loads((run_dir / "samples.json").read_text())["after"]
+    assert samples[0].startswith("The history of") and len(samples[0]) > len("The history of")
+
+
+def test_smollm2_zero_shot_instruct_answers_with_label_words(tmp_path):
+    run_dir = tmp_path / "zero-shot"
+    rc = cli.main(["train", "--config", str(CONFIGS / "smollm2-135m" / "rt-instruct-zero-shot.yaml"),
+                   "--data.max_eval_examples", "24", "--output.dir", str(run_dir)])
+    assert rc == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["trainable_params"] == 0
+    assert summary["test_invalid_rate"] < 0.5, "an instruct model asked positive-or-negative mostly answers with one"
+    assert summary["test_accuracy"] <= 1 - summary["test_invalid_rate"] + 1e-9

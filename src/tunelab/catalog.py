@@ -41,6 +41,9 @@ class Artifact:
     into an archive nested inside the package archive."""
     member_sha256: str | None = None
     sdist: bool = False
+    pip_args: tuple[str, ...] = ()
+    """Extra `pip download` arguments; a platform-specific wheel is pinned to one platform so that
+    every machine downloads the same file and the archive sha256 holds everywhere."""
     convert: Callable[[Path, Path], None] | None = field(default=None, compare=False)
     """Turns the extracted member into the cached form (e.g. GGUF -> float32 safetensors)."""
 
@@ -66,6 +69,44 @@ def _convert_gguf(extracted: Path, target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(extracted), gguf_file=gguf_file.name)
     model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
+
+
+def _convert_wiki_dump(extracted: Path, target: Path) -> None:
+    """A MediaWiki XML dump (bz2) -> wiki.jsonl with one {"title", "text"} line per article.
+
+    Only main-namespace pages; ``#REDIRECT`` pages are dropped; the markup is stripped with
+    mwparserfromhell (templates, tables, <ref> citations and file/category links go, link texts stay).
+    """
+    import bz2
+    import json
+    import re
+    import xml.etree.ElementTree as ET
+
+    import mwparserfromhell
+
+    dump = next(extracted.iterdir())
+    target.mkdir(parents=True)
+    with bz2.open(dump, "rb") as fh, open(target / "wiki.jsonl", "w", encoding="utf-8") as out:
+        for _, element in ET.iterparse(fh):
+            if not element.tag.endswith("}page"):
+                continue
+            ns = element.find("{*}ns")
+            title = element.findtext("{*}title") or ""
+            text = element.findtext("{*}revision/{*}text") or ""
+            element.clear()
+            if (ns is not None and ns.text != "0") or text.lstrip().upper().startswith("#REDIRECT"):
+                continue
+            wikicode = mwparserfromhell.parse(text)
+            for link in wikicode.filter_wikilinks():  # File:/Image:/Category: links are not prose
+                if ":" in str(link.title) and wikicode.contains(link):
+                    wikicode.remove(link)
+            for tag in wikicode.filter_tags():  # <ref> citations are not prose either
+                if str(tag.tag).strip().lower() == "ref" and wikicode.contains(tag):
+                    wikicode.remove(tag)
+            plain = wikicode.strip_code(normalize=True, collapse=True)
+            plain = re.sub(r"\n{3,}", "\n\n", plain).strip()
+            if plain:
+                out.write(json.dumps({"title": title, "text": plain}, ensure_ascii=False) + "\n")
 
 
 CATALOG: dict[str, Artifact] = {
@@ -101,6 +142,19 @@ CATALOG: dict[str, Artifact] = {
             "!hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
             member_sha256="c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350",
             sdist=True,
+        ),
+        Artifact(
+            name="wiki-slice",
+            kind="dataset",
+            description="Wikipedia articles (redirects dropped, markup stripped), a WikiText-like LM corpus, split by article",
+            package="gensim",
+            version="4.4.0",
+            archive_sha256="91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8",
+            member="gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+            member_sha256="a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d",
+            # Only the data file is used, so one platform's wheel serves every machine.
+            pip_args=("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp"),
+            convert=_convert_wiki_dump,
         ),
     ]
 }
@@ -153,6 +207,7 @@ def _pip_download(artifact: Artifact, dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
            "-d", str(dest), f"{artifact.package}=={artifact.version}"]
     cmd += ["--no-binary", ":all:"] if artifact.sdist else ["--only-binary", ":all:"]
+    cmd += list(artifact.pip_args)
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import UserError
 
@@ -61,6 +61,10 @@ class DataConfig(_Strict):
     """Keep only the first N training examples after splitting (quick runs, sanity checks)."""
     max_eval_examples: int | None = Field(None, ge=1)
     """Keep only the first N validation and test examples."""
+    max_validation_examples: int | None = Field(None, ge=1)
+    """Keep only the first N validation examples (overrides max_eval_examples for validation)."""
+    max_test_examples: int | None = Field(None, ge=1)
+    """Keep only the first N test examples (overrides max_eval_examples for test)."""
 
 
 class ClassificationTask(_Strict):
@@ -73,7 +77,96 @@ class ClassificationTask(_Strict):
     classifier_dropout: float = Field(0.1, ge=0, lt=1)
 
 
-TaskConfig = Annotated[Union[ClassificationTask], Field(discriminator="name")]
+class InstructTask(_Strict):
+    """Classification by a causal LM: a prompt rendered from a template, answered by a label word.
+
+    Evaluation reports both ways side by side: ``generate`` (greedy decoding of a few tokens,
+    mapped to a label when the output starts with a label word, anything else wrong and counted
+    as invalid) and ``score`` (the label whose tokens are most likely after the prompt).
+    """
+
+    name: Literal["instruct"] = "instruct"
+    template: str = "Review: {text}\nSentiment:"
+    """Prompt with ``{field}`` placeholders naming data columns (e.g. ``{passage}``, ``{question}``)."""
+    label_words: list[str] | dict[str, str] | None = None
+    """The word that answers each label: a list in label order, or a mapping label -> word.
+    None: the label names themselves (e.g. negative / positive)."""
+    answer_prefix: str = " "
+    """Put between the prompt and the label word (a space, so "Sentiment: positive")."""
+    loss_on: Literal["answer", "sequence"] = "answer"
+    """Train on the answer tokens only (the default), or on the whole sequence."""
+    max_length: int = Field(256, ge=8, le=131072)
+    """Prompt + answer are cut to this many tokens by truncating the longest template field."""
+    shots: int = Field(0, ge=0, le=64)
+    """In-context demonstrations from train (drawn once by ``shots_seed``) put before every prompt."""
+    shots_seed: int = 0
+    shot_separator: str = "\n\n"
+    max_new_tokens: int = Field(3, ge=1, le=64)
+    """Tokens generated per example for generate-accuracy."""
+    generate_on_validation: bool = False
+    """Also generate on validation (slower); by default validation scores the labels only."""
+
+    @field_validator("label_words", mode="before")
+    @classmethod
+    def _label_keys_as_text(cls, value):
+        # YAML reads `True: yes` with a boolean key; labels are compared as text.
+        words = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else []
+        if any(isinstance(w, bool) for w in words):
+            raise ValueError("a label word was read as a boolean; quote yes/no/on/off in YAML, e.g. 'yes'")
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+
+class LMTask(_Strict):
+    """Language modeling: documents tokenized, concatenated and cut into ``block_size`` blocks."""
+
+    name: Literal["lm"] = "lm"
+    block_size: int = Field(256, ge=8, le=131072)
+    """Training block length in tokens; also the evaluation window."""
+    stride: int | None = Field(None, ge=1)
+    """Evaluation window step: every token is predicted once, with up to ``block_size - stride``
+    tokens of extra context from the previous window. None: ``block_size`` (no overlap)."""
+    join: Literal["eos", "none"] = "eos"
+    """Put the end-of-sequence token between documents, or nothing (line-level corpora such as
+    wikitext whose rows already end with a newline)."""
+    eval_before: bool = True
+    """Also evaluate the test split and sample generations before training (the base model)."""
+    sample_prompts: list[str] = ["The history of the city", "In mathematics, a", "The film was released"]
+    """Fixed prompts whose greedy continuations are saved in the run (samples.json)."""
+    sample_max_new_tokens: int = Field(40, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> "LMTask":
+        if self.stride is not None and self.stride > self.block_size:
+            raise ValueError(f"stride {self.stride} is larger than block_size {self.block_size}; "
+                             "windows would skip tokens")
+        return self
+
+
+class SummarizationTask(_Strict):
+    """(article, summary) pairs: the loss on the summary tokens; ROUGE on greedy generations."""
+
+    name: Literal["summarization"] = "summarization"
+    template: str = "{article}\nTL;DR:"
+    summary_column: str = "summary"
+    """The reference summary's column (the article fields are named in the template)."""
+    answer_prefix: str = " "
+    max_length: int = Field(512, ge=16, le=131072)
+    """Prompt + summary tokens; the longest template field (the article) is truncated to fit."""
+    max_summary_tokens: int = Field(96, ge=1)
+    """Reference summaries are cut to this many tokens for training."""
+    max_new_tokens: int = Field(64, ge=1, le=1024)
+    """Generated tokens per article for ROUGE."""
+    rouge_on_validation: bool = False
+    """Also generate and compute ROUGE on validation (slower); by default only the loss."""
+
+
+TaskConfig = Annotated[Union[ClassificationTask, InstructTask, LMTask, SummarizationTask], Field(discriminator="name")]
+
+
+class NoMethod(_Strict):
+    """No training: the pretrained model as it is, for zero-/few-shot baselines (``task.shots``)."""
+
+    name: Literal["none"] = "none"
 
 
 class FullMethod(_Strict):
@@ -151,7 +244,7 @@ class PrefixMethod(_Strict):
     """Width of the reparameterisation MLP."""
 
 
-MethodConfig = Annotated[Union[FullMethod, HeadMethod, LoRAMethod, BitFitMethod, AdapterMethod, IA3Method,
+MethodConfig = Annotated[Union[NoMethod, FullMethod, HeadMethod, LoRAMethod, BitFitMethod, AdapterMethod, IA3Method,
                                PromptMethod, PrefixMethod], Field(discriminator="name")]
 
 
@@ -173,8 +266,9 @@ class TrainConfig(_Strict):
     """Stop when validation has not improved for this many evaluations. None: never."""
     eval_every_steps: int | None = Field(None, ge=1)
     """Also evaluate every N optimizer steps (besides every epoch)."""
-    select_metric: Literal["accuracy", "loss"] = "accuracy"
-    """Which validation number picks the best checkpoint and drives early stopping."""
+    select_metric: Literal["auto", "accuracy", "loss"] = "auto"
+    """Which validation number picks the best checkpoint and drives early stopping. auto:
+    accuracy for classification and instruct, loss for lm and summarization."""
     cpu: bool = False
     """Force the CPU even where a GPU is present."""
 
@@ -214,7 +308,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     """Turn ``["--method.r", "16", "--train.lr=1e-4"]`` into a nested dict.
 
     Values are parsed as YAML scalars/lists, so ``16`` is an int, ``1e-4`` a float, ``null``
-    None and ``[q,v]`` a list.
+    None and ``[q,v]`` a list; anything else (``{text}``, ``a: b``) stays text.
     """
     nested: dict[str, Any] = {}
     i = 0
@@ -243,13 +337,24 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 
 def _parse_value(text: str) -> Any:
+    if text == "":
+        return ""  # an empty value is empty text; null is written `null`
+    if text.lower() in ("yes", "no", "on", "off", "y", "n"):
+        return text  # YAML 1.1 would make these booleans; on the command line they are words
     # PyYAML (YAML 1.1) reads "5e-4" as a string, so numbers are tried first.
     for cast in (int, float):
         try:
             return cast(text)
         except ValueError:
             pass
-    return yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # e.g. a prompt template "Review: {text} Sentiment:" is plain text
+    # "{train: 0.8}" is a mapping, but "{text}" (a key without a value) is a prompt template.
+    if isinstance(value, dict) and any(v is None for v in value.values()):
+        return text
+    return value
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -298,7 +403,8 @@ def describe_validation_error(exc: ValidationError, raw: dict[str, Any], root: t
     validated, RunConfig by default)."""
     err = exc.errors()[0]
     # Drop the discriminator tag pydantic inserts in union paths (method.lora.r -> method.r).
-    loc = [str(p) for p in err["loc"]]
+    # Union members appear in the path by type name (label_words.list[str]); they are not keys.
+    loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and "[" in p)]
     if len(loc) >= 2 and loc[0] in ("method", "task") and loc[1] == _section_name(raw, loc[0]):
         loc.pop(1)
     key = ".".join(loc) or "config"
@@ -339,9 +445,10 @@ def _allowed_keys(raw: dict[str, Any], section: list[str], root: type[BaseModel]
 
 
 METHOD_CLASSES: dict[str, type[BaseModel]] = {
-    "full": FullMethod, "head": HeadMethod, "bitfit": BitFitMethod, "adapter": AdapterMethod, "lora": LoRAMethod,
+    "none": NoMethod, "full": FullMethod, "head": HeadMethod, "bitfit": BitFitMethod, "adapter": AdapterMethod, "lora": LoRAMethod,
     "ia3": IA3Method, "prompt": PromptMethod, "prefix": PrefixMethod}
-TASK_CLASSES: dict[str, type[BaseModel]] = {"classification": ClassificationTask}
+TASK_CLASSES: dict[str, type[BaseModel]] = {"classification": ClassificationTask, "instruct": InstructTask,
+                                             "lm": LMTask, "summarization": SummarizationTask}
 
 
 def to_yaml(config: RunConfig) -> str:

@@ -1,42 +1,19 @@
-"""Evaluation: loss and accuracy over a split, and rebuilding a run for ``tunelab eval``."""
+"""Rebuilding a run for ``tunelab eval``: base weights + the run's checkpoint, then the task's
+evaluation of a split (the same function training used)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
-from accelerate import Accelerator
 
-from tunelab.tasks import classification
-
-
-@torch.no_grad()
-def evaluate(model, loader, accelerator: Accelerator) -> dict[str, float]:
-    """Mean per-example loss and accuracy; gathered across processes without duplicates."""
-    was_training = model.training
-    model.eval()
-    losses, hits = [], []
-    for batch in loader:
-        per_example, correct = classification.per_example(model, batch)
-        per_example, correct = accelerator.gather_for_metrics((per_example, correct))
-        losses.append(per_example.float().cpu())
-        hits.append(correct.float().cpu())
-    model.train(was_training)
-    loss, acc = torch.cat(losses), torch.cat(hits)
-    return {"loss": loss.mean().item(), "accuracy": acc.mean().item(), "examples": loss.numel()}
-
-
-def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
-    """Rebuild the model from the base weights plus the run's checkpoint and evaluate it."""
-    from torch.utils.data import DataLoader
-
+def rebuild_run(run_dir: Path):
+    """The run's config and its prepared model with the checkpoint's tensors loaded."""
     from tunelab import runs
     from tunelab.build import prepare
     from tunelab.config import load_config
     from tunelab.errors import UserError
     from tunelab.methods.common import load_trainable_state
-    from tunelab.train import make_accelerator
 
     checkpoint = run_dir / runs.CHECKPOINT / "model.safetensors"
     if not (run_dir / "config.yaml").is_file():
@@ -46,8 +23,17 @@ def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
     cfg = load_config(run_dir / "config.yaml")
     prepared = prepare(cfg)
     load_trainable_state(prepared.model, runs.load_tensors(checkpoint))
+    return cfg, prepared
+
+
+def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
+    """Rebuild the model from the base weights plus the run's checkpoint and evaluate it."""
+    from torch.utils.data import DataLoader
+
+    from tunelab.train import make_accelerator
+
+    cfg, prepared = rebuild_run(run_dir)
     accelerator = make_accelerator(cfg)
-    loader = DataLoader(prepared.splits[split], batch_size=cfg.eval.batch_size,
-                        collate_fn=classification.collator(prepared.tokenizer))
+    loader = DataLoader(prepared.splits[split], batch_size=cfg.eval.batch_size, collate_fn=prepared.task.collator(prepared))
     model, loader = accelerator.prepare(prepared.model, loader)
-    return {"split": split, **evaluate(model, loader, accelerator)}
+    return {"split": split, **prepared.task.evaluate(model, loader, accelerator, prepared, split)}

@@ -102,42 +102,44 @@ def measure_step(model: nn.Module, batch: dict[str, torch.Tensor],
 # `tunelab profile`: the breakdown for a model + method and one batch shape, without training
 
 
-def profile_model(model_cfg, method_cfg, batch_size: int, seq_len: int, num_labels: int = 2,
-                  cpu: bool = False) -> dict[str, Any]:
-    """Build the model from its config (random weights: memory does not depend on the values),
-    apply the method as training does, and measure one step on random tokens."""
-    from transformers import AutoModel
+def profile_model(cfg, batch_size: int, seq_len: int, num_labels: int = 2, cpu: bool = False) -> dict[str, Any]:
+    """Build the model of a run config from its model config alone (random weights: memory does
+    not depend on the values), apply the method as training does, and measure one step on
+    random tokens: a classifier for `classification`, the causal LM with its token loss for the
+    causal tasks (instruct, lm, summarization)."""
+    from transformers import AutoModel, AutoModelForCausalLM
 
-    from tunelab.errors import UserError
+    from tunelab.build import check_context_length
     from tunelab.methods import apply_method
     from tunelab.models.loading import family, load_config
-    from tunelab.tasks import classification
+    from tunelab.tasks import causal, classification
 
-    hf_config = load_config(model_cfg)
-    limit = getattr(hf_config, "max_position_embeddings", None)
-    virtual = getattr(method_cfg, "num_virtual_tokens", 0)
-    if limit is not None and seq_len + virtual > limit:
-        raise UserError(f"--seq-len {seq_len} (+ {virtual} virtual tokens) exceeds the model's {limit} positions; "
-                        f"use at most {limit - virtual}")
-    torch.manual_seed(0)
-    backbone = AutoModel.from_config(hf_config, dtype=torch.float32)
-    model = classification.SequenceClassifier(backbone, num_labels)
+    hf_config = load_config(cfg.model)
+    check_context_length(cfg, hf_config, seq_len, key="--seq-len")
+    method_cfg = cfg.method
     if getattr(method_cfg, "init", None) == "text":
         # The soft prompt's initial values do not change its memory; skip loading a tokenizer.
         method_cfg = method_cfg.model_copy(update={"init": "random"})
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, hf_config.vocab_size, (batch_size, seq_len), generator=generator)
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    if cfg.task.name == "classification":
+        backbone = AutoModel.from_config(hf_config, dtype=torch.float32)
+        model = classification.SequenceClassifier(backbone, num_labels)
+        batch["labels"] = torch.randint(0, num_labels, (batch_size,), generator=generator)
+        loss_fn = classification.training_loss
+    else:
+        backbone = model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+        batch["labels"] = input_ids.clone()  # every token predicted, as in language modeling
+        loss_fn = causal.mean_token_loss
     apply_method(model, method_cfg, family(backbone))
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
     model.to(device).train()
-    generator = torch.Generator().manual_seed(0)
-    batch = {
-        "input_ids": torch.randint(0, hf_config.vocab_size, (batch_size, seq_len), generator=generator).to(device),
-        "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long, device=device),
-        "labels": torch.randint(0, num_labels, (batch_size,), generator=generator).to(device),
-    }
-    result = measure_step(model, batch, lambda m, b: classification.per_example(m, b)[0].mean())
+    result = measure_step(model, {k: v.to(device) for k, v in batch.items()}, loss_fn)
     counts = {"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "total_params": sum(p.numel() for p in model.parameters())}
-    return {"model": model_cfg.name, "method": method_cfg.name, **counts, **result}
+    return {"model": cfg.model.name, "method": method_cfg.name, "task": cfg.task.name, **counts, **result}
 
 
 def format_profile(result: dict[str, Any]) -> str:
@@ -145,8 +147,8 @@ def format_profile(result: dict[str, Any]) -> str:
     mb = lambda n: f"{n / 1e6:10.2f} MB"  # noqa: E731
     batch, tokens = result["batch_shape"]
     lines = [
-        f"model            {result['model']}, method {result['method']}, batch {batch} x {tokens} tokens, "
-        f"{result['device']}",
+        f"model            {result['model']}, method {result['method']}, task {result['task']}, "
+        f"batch {batch} x {tokens} tokens, {result['device']}",
         f"weights          {mb(result['weights_bytes'])}  ({result['total_params']:,} parameters)",
         f"gradients        {mb(result['gradients_bytes'])}  ({result['trainable_params']:,} trainable)",
         f"optimizer state  {mb(result['optimizer_bytes'])}  (AdamW: {ADAMW_MOMENTS} moments per trainable parameter)",

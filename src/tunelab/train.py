@@ -20,13 +20,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from tunelab import profile, runs
+from tunelab import profile, runs, tasks
 from tunelab.build import Prepared
 from tunelab.config import RunConfig
 from tunelab.errors import UserError
-from tunelab.evaluate import evaluate
 from tunelab.methods.common import inference_state, load_trainable_state, trainable_state
-from tunelab.tasks import classification
 
 LOG_EVERY_STEPS = 10
 
@@ -50,17 +48,19 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
     started = time.perf_counter()
     accelerator = accelerator or make_accelerator(cfg)
     tc = cfg.train
-    collate = classification.collator(prepared.tokenizer)
+    task = prepared.task
+    collate = task.collator(prepared)
     train_loader = DataLoader(prepared.splits["train"], batch_size=tc.batch_size, shuffle=True, collate_fn=collate)
     valid_loader = DataLoader(prepared.splits["validation"], batch_size=cfg.eval.batch_size, collate_fn=collate)
     test_loader = DataLoader(prepared.splits["test"], batch_size=cfg.eval.batch_size, collate_fn=collate)
     params = [p for p in prepared.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    # Method `none` trains nothing: the loop is skipped and the base model is evaluated as is.
+    optimizer = torch.optim.AdamW(params or [torch.nn.Parameter(torch.zeros(1))], lr=tc.lr, weight_decay=tc.weight_decay)
     model, optimizer, train_loader, valid_loader, test_loader = accelerator.prepare(
         prepared.model, optimizer, train_loader, valid_loader, test_loader)
 
     steps_per_epoch = math.ceil(len(train_loader) / tc.grad_accum)
-    total_steps = min(tc.max_steps or math.inf, tc.epochs * steps_per_epoch)
+    total_steps = min(tc.max_steps or math.inf, tc.epochs * steps_per_epoch) if params else 0
     # Not passed to accelerator.prepare: we step it once per optimizer step ourselves.
     scheduler = get_linear_schedule_with_warmup(optimizer, round(tc.warmup_ratio * total_steps), total_steps)
 
@@ -70,15 +70,17 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
     if resume:
         tensors, progress = runs.load_state(run_dir, optimizer, scheduler)
         load_trainable_state(accelerator.unwrap_model(model), tensors)
+    elif hasattr(task, "before_training"):  # e.g. the base model's perplexity, kept for the summary
+        progress["before"] = task.before_training(model, accelerator, prepared, test_loader)
 
-    higher_is_better = tc.select_metric == "accuracy"
+    select_metric, higher_is_better = tasks.select_metric(cfg)
 
     def validate() -> bool:
         """Evaluate on validation, keep the best checkpoint, snapshot; True means stop early."""
-        metrics = evaluate(model, valid_loader, accelerator)
+        metrics = task.evaluate(model, valid_loader, accelerator, prepared, "validation")
         epoch_float = progress["epoch"] + progress["batches_done"] / max(len(train_loader), 1)
         record = {"split": "validation", "step": progress["step"], "epoch": round(epoch_float, 4), **metrics}
-        score = metrics[tc.select_metric]
+        score = metrics[select_metric]
         best = progress["best"]
         improved = best is None or (score > best if higher_is_better else score < best)
         if accelerator.is_main_process:
@@ -101,6 +103,8 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     model.train()
     stop = progress["stopped_early"] or progress["step"] >= total_steps
+    if not params:
+        validate()  # the untrained model's validation numbers stand as its "best"
     loop_start = time.perf_counter() - progress["loop_seconds"]
     while not stop and progress["epoch"] < tc.epochs:
         train_loader.set_epoch(progress["epoch"])
@@ -110,11 +114,10 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
         window_loss, window_batches = 0.0, 0
         for batch in epoch_loader:
             if progress.get("memory") is None:  # once per run, before the first step changes anything
-                progress["memory"] = profile.measure_step(model, batch, lambda m, b: classification.per_example(m, b)[0].mean())
+                progress["memory"] = profile.measure_step(model, batch, task.training_loss)
             step_start = time.perf_counter()
             with accelerator.accumulate(model):
-                per_example, _ = classification.per_example(model, batch)
-                loss = per_example.mean()
+                loss = task.training_loss(model, batch)
                 if not torch.isfinite(loss):
                     raise UserError(f"the loss became {loss.item()} at step {progress['step']}; "
                                     f"the last good checkpoint is kept in {run_dir / runs.CHECKPOINT}")
@@ -159,12 +162,17 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
     # Test the best-validation checkpoint, not the last weights.
     unwrapped = accelerator.unwrap_model(model)
     load_trainable_state(unwrapped, runs.load_tensors(run_dir / runs.CHECKPOINT / "model.safetensors"))
-    test = evaluate(model, test_loader, accelerator)
+    test = task.evaluate(model, test_loader, accelerator, prepared, "test")
+    after = task.after_training(model, accelerator, prepared) if hasattr(task, "after_training") else {}
+    best_validation = progress["best_validation"]
     summary = {
         "method": cfg.method.name, "model": cfg.model.name, "data": cfg.data.name, "task": cfg.task.name,
-        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "eval_loss": progress["best_validation"]["loss"], "validation_accuracy": progress["best_validation"]["accuracy"],
-        "best_step": progress["best_step"], "best_epoch": progress["best_epoch"], "steps": progress["step"],
+        "primary_metric": task.PRIMARY_METRIC, "higher_is_better": task.HIGHER_IS_BETTER,
+        **{f"test_{k}": v for k, v in test.items()}, "test": test, "validation": best_validation,
+        "eval_loss": best_validation["loss"],
+        **{f"validation_{k}": v for k, v in best_validation.items() if k != "loss"},
+        "select_metric": select_metric, "best_step": progress["best_step"], "best_epoch": progress["best_epoch"],
+        "steps": progress["step"],
         "stopped_early": progress["stopped_early"],
         **prepared.counts.as_dict(),
         "checkpoint_bytes": runs.checkpoint_bytes(run_dir),
@@ -176,6 +184,12 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
         "device": str(accelerator.device), "num_processes": accelerator.num_processes,
         "versions": runs.versions(), "git_hash": runs.git_hash(),
     }
+    before = progress.get("before") or {}
+    if before.get("test"):
+        summary["before"] = before["test"]
+        summary.update({f"test_{k}_before": v for k, v in before["test"].items()})
+    if accelerator.is_main_process and (before.get("samples") or after.get("samples")):
+        runs.write_json(run_dir / "samples.json", {"before": before.get("samples"), "after": after.get("samples")})
     if accelerator.is_main_process:
         runs.append_metrics(run_dir, {"split": "test", "step": progress["step"], **test})
         runs.write_json(run_dir / "summary.json", summary)

@@ -93,6 +93,10 @@ def test_max_examples_caps(tmp_path):
     assert [len(capped[s]) for s in SPLITS] == [5, 3, 3]
     assert texts(capped["train"]) == texts(full["train"])[:5]
     assert texts(capped["test"]) == texts(full["test"])[:3]
+    # the course's split sizes (e.g. 21k/6k/3k): validation and test capped separately
+    sized = load_splits(DataConfig(name=path, max_train_examples=6, max_validation_examples=4, max_test_examples=2,
+                                   max_eval_examples=3))
+    assert [len(sized[s]) for s in SPLITS] == [6, 4, 2]
 
 
 def test_empty_split_is_rejected(tmp_path):

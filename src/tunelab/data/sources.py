@@ -36,9 +36,10 @@ def load_splits(cfg: DataConfig) -> datasets.DatasetDict:
     splits = _ensure_splits(raw, cfg)
     if cfg.max_train_examples:
         splits["train"] = splits["train"].select(range(min(cfg.max_train_examples, len(splits["train"]))))
-    if cfg.max_eval_examples:
-        for name in ("validation", "test"):
-            splits[name] = splits[name].select(range(min(cfg.max_eval_examples, len(splits[name]))))
+    for name, limit in (("validation", cfg.max_validation_examples or cfg.max_eval_examples),
+                        ("test", cfg.max_test_examples or cfg.max_eval_examples)):
+        if limit:
+            splits[name] = splits[name].select(range(min(limit, len(splits[name]))))
     for name in SPLIT_NAMES:
         if len(splits[name]) == 0:
             raise UserError(f"the {name} split of {cfg.name!r} is empty; give more data or change data.split")
@@ -74,7 +75,17 @@ def read_rt_snippets(path: Path) -> datasets.DatasetDict:
     return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)})
 
 
-EMBEDDED_READERS = {"rt-snippets": read_rt_snippets}
+def read_wiki_slice(path: Path) -> datasets.DatasetDict:
+    """Plain-text Wikipedia articles (title, text), one example per article, so the 7:1:2 split
+    never cuts an article in two."""
+    import json
+
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+        {"title": [r["title"] for r in rows], "text": [r["text"] for r in rows]})})
+
+
+EMBEDDED_READERS = {"rt-snippets": read_rt_snippets, "wiki-slice": read_wiki_slice}
 
 
 # --------------------------------------------------------------------------------------------

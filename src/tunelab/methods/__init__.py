@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunelab.methods import adapter, bitfit, full, head, ia3, lora, prefix, prompt
+from tunelab.methods import adapter, bitfit, full, head, ia3, lora, none, prefix, prompt
 
-REGISTRY = {"full": full, "head": head, "bitfit": bitfit, "adapter": adapter, "lora": lora, "ia3": ia3,
+REGISTRY = {"none": none, "full": full, "head": head, "bitfit": bitfit, "adapter": adapter, "lora": lora, "ia3": ia3,
             "prompt": prompt, "prefix": prefix}
 
 

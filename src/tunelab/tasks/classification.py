@@ -6,6 +6,7 @@ the first token), dropout and a linear classifier. Batches are padded dynamicall
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import datasets
@@ -16,6 +17,8 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from tunelab.config import ClassificationTask, DataConfig
 from tunelab.errors import UserError
+
+PRIMARY_METRIC, HIGHER_IS_BETTER, SELECT_METRIC = "accuracy", True, "accuracy"
 
 
 class SequenceClassifier(nn.Module):
@@ -101,8 +104,8 @@ def tokenize_splits(splits: datasets.DatasetDict, tokenizer: PreTrainedTokenizer
     })
 
 
-def collator(tokenizer: PreTrainedTokenizerBase):
-    return DataCollatorWithPadding(tokenizer, return_tensors="pt")
+def collator(prepared):
+    return DataCollatorWithPadding(prepared.tokenizer, return_tensors="pt")
 
 
 def per_example(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,3 +114,48 @@ def per_example(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch
     logits = model(**inputs)  # (B, num_labels)
     labels = batch["labels"]
     return F.cross_entropy(logits, labels, reduction="none"), logits.argmax(-1) == labels
+
+
+def training_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    losses, _ = per_example(model, batch)
+    return losses.mean()
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, prepared=None, split: str = "validation") -> dict[str, float]:
+    """Mean per-example loss and accuracy; gathered across processes without duplicates."""
+    was_training = model.training
+    model.eval()
+    losses, hits = [], []
+    for batch in loader:
+        losses_b, correct = per_example(model, batch)
+        losses_b, correct = accelerator.gather_for_metrics((losses_b, correct))
+        losses.append(losses_b.float().cpu())
+        hits.append(correct.float().cpu())
+    model.train(was_training)
+    loss, acc = torch.cat(losses), torch.cat(hits)
+    return {"loss": loss.mean().item(), "accuracy": acc.mean().item(), "examples": loss.numel()}
+
+
+def prepare(cfg, raw: datasets.DatasetDict):
+    """Tokenize text (pairs), build backbone + fresh classifier, apply the method."""
+    from tunelab.build import Prepared, check_context_length, with_method
+    from tunelab.models.loading import load_encoder, load_tokenizer
+
+    if cfg.method.name == "none":
+        raise UserError("method none (zero-/few-shot prompting) needs a causal-LM task: task.name instruct, lm or "
+                        "summarization; a classifier head must be trained")
+    check_columns(raw, cfg.data)
+    labels = label_set(raw, cfg.data)
+    tokenizer = load_tokenizer(cfg.model)
+    splits = tokenize_splits(raw, tokenizer, cfg.data, cfg.task, labels)
+    backbone = load_encoder(cfg.model)
+    check_context_length(cfg, backbone.config)
+    base_total = sum(p.numel() for p in backbone.parameters())
+    # Seed before the head and any adapter are created: the same seed gives the same init.
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.train.seed)
+    model = SequenceClassifier(backbone, len(labels.names), cfg.task.pooling, cfg.task.classifier_dropout)
+    counts, arch = with_method(cfg, model, backbone, tokenizer, base_total)
+    return Prepared(model, tokenizer, splits, labels.names, counts, arch, task=sys.modules[__name__], cfg=cfg)

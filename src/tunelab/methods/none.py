@@ -1,0 +1,13 @@
+"""No method: nothing trains. The pretrained model answers as it is (zero-/few-shot prompting,
+with demonstrations from ``task.shots``), evaluated exactly like the trained methods."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from tunelab.config import NoMethod
+from tunelab.methods.common import freeze
+
+
+def apply(model: nn.Module, cfg: NoMethod, family: str, tokenizer=None) -> None:
+    freeze(model)

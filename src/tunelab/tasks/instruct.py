@@ -1,0 +1,190 @@
+"""Classification by a causal LM: a prompt from a template, answered by a label word.
+
+Training puts the gold label word after the prompt; the loss is on the answer tokens (or the
+whole sequence, ``loss_on: sequence``). Evaluation reports two accuracies side by side:
+
+- ``score_accuracy``: the label whose answer tokens have the highest total log-likelihood
+  after the prompt (every label is always a valid answer);
+- ``accuracy`` on test (the course's definition): greedy generation of ``max_new_tokens``
+  tokens, mapped to the label whose word the output starts with (case-insensitive, after
+  whitespace); any other output is wrong and counted in ``invalid_rate``.
+
+Validation scores only (fast) unless ``generate_on_validation``; its ``accuracy`` is then the
+score accuracy. ``loss`` is the mean NLL per gold answer token. ``shots: k`` puts k
+demonstrations from train (drawn once by ``shots_seed``, labels taken in turn) before every
+prompt, for the zero-/few-shot baselines of ``method: none``.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import datasets
+import torch
+
+from tunelab.errors import UserError
+from tunelab.tasks import causal
+from tunelab.tasks.classification import label_set
+
+PRIMARY_METRIC, HIGHER_IS_BETTER, SELECT_METRIC = "accuracy", True, "accuracy"
+
+
+def resolve_label_words(task, names: list[str]) -> list[str]:
+    """One word per label, in label order."""
+    words = task.label_words
+    if words is None:
+        return list(names)
+    if isinstance(words, list):
+        if len(words) != len(names):
+            raise UserError(f"task.label_words has {len(words)} words for {len(names)} labels ({', '.join(names)})")
+        return list(words)
+    missing = [n for n in names if n not in words]
+    if missing:
+        raise UserError(f"task.label_words has no word for label {missing[0]!r}; labels: {', '.join(names)}")
+    return [words[n] for n in names]
+
+
+def parse_label(output: str, words: list[str]) -> int | None:
+    """The label whose word the output starts with (case-insensitive, after whitespace), or None.
+
+    The longest matching word wins, so "not good" is not read as "not" when both are labels.
+    """
+    text = output.strip().lower()
+    matches = [(len(w), i) for i, w in enumerate(words) if w.strip() and text.startswith(w.strip().lower())]
+    return max(matches)[1] if matches else None
+
+
+def draw_demonstrations(train: datasets.Dataset, label_column: str, labels, k: int, seed: int) -> list[dict]:
+    """k training examples drawn by ``seed``, taking the labels in turn so each one appears."""
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    by_label: dict[int, list[int]] = {}
+    for i in order:
+        by_label.setdefault(labels.encode(train[i][label_column], "train"), []).append(i)
+    picked, queues = [], [q for _, q in sorted(by_label.items())]
+    while len(picked) < min(k, len(train)):
+        for queue in queues:
+            if queue and len(picked) < k:
+                picked.append(queue.pop(0))
+    random.Random(seed + 1).shuffle(picked)  # no fixed label order right before the query
+    return [train[i] for i in picked]
+
+
+def prepare(cfg, raw: datasets.DatasetDict):
+    from tunelab.build import Prepared, check_context_length
+    from tunelab.models.loading import load_config, load_tokenizer
+
+    task, data = cfg.task, cfg.data
+    causal.check_template(task.template, raw)
+    for split_name, split in raw.items():
+        if data.label_column not in split.column_names:
+            raise UserError(f"data.label_column {data.label_column!r} is not in the {split_name} split; "
+                            f"columns: {', '.join(split.column_names)}")
+    labels = label_set(raw, data)
+    words = resolve_label_words(task, labels.names)
+    check_context_length(cfg, load_config(cfg.model))
+    tokenizer = load_tokenizer(cfg.model)
+    answers = [causal.answer_ids(tokenizer, task.answer_prefix + w, f"label word of {n!r}") for w, n in zip(words, labels.names)]
+    if len({tuple(a) for a in answers}) < len(answers):
+        raise UserError(f"task.label_words {words} do not tokenize to distinct answers; give distinct words")
+    preamble = ""
+    if task.shots:
+        demos = draw_demonstrations(raw["train"], data.label_column, labels, task.shots, task.shots_seed)
+        preamble = "".join(causal.render(task.template, d) + task.answer_prefix + words[labels.encode(d[data.label_column], "train")]
+                           + task.shot_separator for d in demos)
+    budget = task.max_length - max(len(a) for a in answers)
+
+    def encode(example, split_name):
+        prompt = causal.encode_prompt(tokenizer, task.template, example, budget, preamble)
+        # A new column name: reusing the data's `label` would keep its type (text in a CSV).
+        return {"prompt_ids": prompt, "label_id": labels.encode(example[data.label_column], split_name)}
+
+    splits = datasets.DatasetDict({
+        name: split.map(encode, fn_kwargs={"split_name": name}, remove_columns=split.column_names, keep_in_memory=True)
+        for name, split in raw.items()})
+    model, counts, arch = causal.load_model(cfg, tokenizer)
+    return Prepared(model, tokenizer, splits, labels.names, counts, arch, task=sys.modules[__name__], cfg=cfg,
+                    extras={"answers": answers, "words": words, "preamble": preamble})
+
+
+def collator(prepared):
+    pad_id, answers, loss_on = prepared.tokenizer.pad_token_id, prepared.extras["answers"], prepared.cfg.task.loss_on
+
+    def collate(examples):
+        pairs = [causal.prompt_answer(e["prompt_ids"], answers[e["label_id"]], loss_on) for e in examples]
+        batch = causal.lm_batch([p for p, _ in pairs], [lab for _, lab in pairs], pad_id)
+        batch["label"] = torch.tensor([e["label_id"] for e in examples])
+        batch["prompt_ids"] = [list(e["prompt_ids"]) for e in examples]
+        return batch
+
+    return collate
+
+
+def training_loss(model, batch):
+    return causal.mean_token_loss(model, batch)
+
+
+def label_nll(model, prompts: list[list[int]], answers: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) summed NLL of every label's answer after every prompt, and (L,) answer lengths.
+
+    Single-token answers are all read from one pass over the prompts (the distribution after
+    the last prompt token); a longer answer costs one pass of prompt + answer.
+    """
+    nlls: list[torch.Tensor | None] = [None] * len(answers)
+    single = [j for j, a in enumerate(answers) if len(a) == 1]
+    if single:
+        batch = causal.lm_batch(prompts, prompts, pad_id)
+        logp = causal.next_token_logprobs(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        for j in single:
+            nlls[j] = -logp[:, answers[j][0]]
+    for j, answer in enumerate(answers):
+        if nlls[j] is None:
+            pairs = [causal.prompt_answer(p, answer) for p in prompts]
+            batch = causal.lm_batch([x for x, _ in pairs], [y for _, y in pairs], pad_id)
+            nlls[j], _ = causal.token_nll(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")))
+    return torch.stack(nlls, dim=1), torch.tensor([len(a) for a in answers], device=device)
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, prepared, split: str = "validation") -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    answers, words = prepared.extras["answers"], prepared.extras["words"]
+    pad_id, task = prepared.tokenizer.pad_token_id, prepared.cfg.task
+    run_generation = split == "test" or task.generate_on_validation
+    unwrapped = accelerator.unwrap_model(model)
+    nll_sum, tokens, score_hits, gen_hits, invalid, outputs = [], [], [], [], [], []
+    for batch in loader:
+        gold = batch["label"]
+        nll, lengths = label_nll(model, batch["prompt_ids"], answers, pad_id, gold.device)  # (B, L), (L,)
+        predicted = nll.argmin(1)  # highest log-likelihood = lowest NLL
+        gathered = [nll.gather(1, gold[:, None]).squeeze(1), lengths[gold], predicted == gold]
+        if run_generation:
+            texts = causal.generate(unwrapped, prepared.tokenizer, batch["prompt_ids"], task.max_new_tokens)
+            parsed = [parse_label(t, words) for t in texts]
+            outputs += texts
+            gathered += [torch.tensor([p == g for p, g in zip(parsed, gold.tolist())], device=gold.device),
+                         torch.tensor([p is None for p in parsed], device=gold.device)]
+        gathered = accelerator.gather_for_metrics(tuple(gathered))
+        nll_sum.append(gathered[0].double().cpu())
+        tokens.append(gathered[1].cpu())
+        score_hits.append(gathered[2].float().cpu())
+        if run_generation:
+            gen_hits.append(gathered[3].float().cpu())
+            invalid.append(gathered[4].float().cpu())
+    model.train(was_training)
+    score_accuracy = torch.cat(score_hits).mean().item()
+    metrics = {"loss": (torch.cat(nll_sum).sum() / torch.cat(tokens).sum()).item(), "score_accuracy": score_accuracy,
+               "accuracy": score_accuracy, "examples": int(torch.cat(score_hits).numel())}
+    if run_generation:
+        metrics.update(accuracy=torch.cat(gen_hits).mean().item(), generate_accuracy=torch.cat(gen_hits).mean().item(),
+                       invalid_rate=torch.cat(invalid).mean().item())
+        prepared.extras[f"{split}_outputs"] = outputs
+    return metrics
+
+
+def after_training(model, accelerator, prepared) -> dict:
+    """The first generated answers on test, to read beside the numbers."""
+    outputs = prepared.extras.get("test_outputs", [])[:20]
+    return {"samples": outputs} if outputs else {}

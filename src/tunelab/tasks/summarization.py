@@ -1,0 +1,111 @@
+"""Summarization by a causal LM: ``{article}\\nTL;DR:`` followed by the summary.
+
+The article is truncated so prompt and summary fit ``max_length``; the loss is on the summary
+tokens (and the end-of-sequence token that closes it). Evaluation: the loss on every split, and
+on test ROUGE-1/2/L F1 (Google's ``rouge-score`` package, stemming on) of greedy generations of
+``max_new_tokens`` against the full reference summaries.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import datasets
+import torch
+
+from tunelab.errors import UserError
+from tunelab.tasks import causal
+
+PRIMARY_METRIC, HIGHER_IS_BETTER, SELECT_METRIC = "rougeL", True, "loss"
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1 over the pairs, from the reference implementation."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for prediction, reference in zip(predictions, references):
+        scores = scorer.score(reference, prediction)
+        for name in ROUGE_TYPES:
+            totals[name] += scores[name].fmeasure
+    return {name: total / max(len(predictions), 1) for name, total in totals.items()}
+
+
+def prepare(cfg, raw: datasets.DatasetDict):
+    from tunelab.build import Prepared, check_context_length
+    from tunelab.models.loading import load_config, load_tokenizer
+
+    task = cfg.task
+    causal.check_template(task.template, raw)
+    for split_name, split in raw.items():
+        if task.summary_column not in split.column_names:
+            raise UserError(f"task.summary_column {task.summary_column!r} is not in the {split_name} split; "
+                            f"columns: {', '.join(split.column_names)}")
+    check_context_length(cfg, load_config(cfg.model))
+    tokenizer = load_tokenizer(cfg.model)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    budget = task.max_length - max(task.max_summary_tokens + len(eos), task.max_new_tokens)
+    if budget < 8:
+        raise UserError(f"task.max_length {task.max_length} leaves {budget} tokens for the article after the summary; "
+                        "raise task.max_length or lower task.max_summary_tokens / task.max_new_tokens")
+
+    def encode(example):
+        summary = str(example[task.summary_column] or "")
+        ids = tokenizer(task.answer_prefix + summary, add_special_tokens=False)["input_ids"][:task.max_summary_tokens]
+        return {"prompt_ids": causal.encode_prompt(tokenizer, task.template, example, budget),
+                "summary_ids": ids + eos, "reference": summary}
+
+    splits = datasets.DatasetDict({
+        name: split.map(encode, remove_columns=split.column_names, keep_in_memory=True) for name, split in raw.items()})
+    model, counts, arch = causal.load_model(cfg, tokenizer)
+    return Prepared(model, tokenizer, splits, [], counts, arch, task=sys.modules[__name__], cfg=cfg)
+
+
+def collator(prepared):
+    pad_id = prepared.tokenizer.pad_token_id
+
+    def collate(examples):
+        pairs = [causal.prompt_answer(e["prompt_ids"], e["summary_ids"]) for e in examples]
+        batch = causal.lm_batch([p for p, _ in pairs], [lab for _, lab in pairs], pad_id)
+        batch["prompt_ids"] = [list(e["prompt_ids"]) for e in examples]
+        batch["reference"] = [e["reference"] for e in examples]
+        return batch
+
+    return collate
+
+
+def training_loss(model, batch):
+    return causal.mean_token_loss(model, batch)
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, prepared, split: str = "validation") -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    task = prepared.cfg.task
+    generate = split == "test" or task.rouge_on_validation
+    unwrapped = accelerator.unwrap_model(model)
+    total_nll, total_tokens, predictions, references = 0.0, 0, [], []
+    for batch in loader:
+        nll, count = causal.token_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        nll, count = accelerator.gather_for_metrics((nll, count))
+        total_nll += nll.double().sum().item()
+        total_tokens += int(count.sum().item())
+        if generate:
+            predictions += [t.strip() for t in causal.generate(unwrapped, prepared.tokenizer, batch["prompt_ids"],
+                                                                task.max_new_tokens)]
+            references += batch["reference"]
+    model.train(was_training)
+    metrics = {"loss": total_nll / max(total_tokens, 1), "examples": len(loader.dataset)}
+    if generate:
+        # Generations are made per process; on several processes each scores its own share.
+        metrics.update(rouge(predictions, references))
+        prepared.extras[f"{split}_outputs"] = list(zip(predictions, references))
+    return metrics
+
+
+def after_training(model, accelerator, prepared) -> dict:
+    pairs = prepared.extras.get("test_outputs", [])[:10]
+    return {"samples": [{"generated": g, "reference": r} for g, r in pairs]} if pairs else {}
