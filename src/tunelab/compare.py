@@ -36,9 +36,11 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "minilm-l6" /
 RUN_SECTIONS = ("model", "data", "task", "method", "train", "eval")
 """What a method's entry in `methods:` may override."""
 
-QUICK = {"data": {"max_train_examples": 256, "max_eval_examples": 128}, "task": {"max_length": 64},
-         "train": {"epochs": 1, "max_steps": 8, "batch_size": 16, "eval_every_steps": 4}}
-"""`--quick`: a smoke test of every method, a few steps each (the numbers mean little)."""
+QUICK = {"data": {"max_train_examples": 96, "max_eval_examples": 96},
+         "train": {"epochs": 1, "max_steps": 6, "batch_size": 16, "eval_every_steps": 3}}
+"""`--quick`: a smoke test of every method, a few steps each (the numbers mean little); inputs
+are also cut to QUICK_LENGTH tokens (`task.max_length`, or `task.block_size` for lm)."""
+QUICK_LENGTH = 64
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 PROGRESS_PATTERN = re.compile(rb"\|\s*(\d+)/(\d+) \[")  # tqdm's "| 28/63 [" in a run's output
@@ -88,7 +90,12 @@ def load_compare_config(path: str | Path | None, overrides: dict[str, Any] | Non
     if not isinstance(raw, dict):
         raise UserError(f"config file {path} must hold a mapping (model, data, task, train, eval, methods, seeds, output)")
     if quick:
-        raw = deep_merge(raw, QUICK)
+        from tunelab.config import TASK_CLASSES
+
+        task = raw.get("task") if isinstance(raw.get("task"), dict) else {}
+        fields = getattr(TASK_CLASSES.get(task.get("name", "classification")), "model_fields", {})
+        length = {key: QUICK_LENGTH for key in ("max_length", "block_size") if key in fields}
+        raw = deep_merge(raw, {**QUICK, "task": length})
     raw = deep_merge(raw, overrides or {})
     if isinstance(raw.get("task"), dict) and "name" not in raw["task"]:
         raw["task"] = {"name": "classification", **raw["task"]}
