@@ -83,7 +83,7 @@ def test_named_variants_and_registered_methods_without_an_entry(tmp_path, tiny_b
     ({"lora": {"trian": {"lr": 1}}}, [], "unknown key 'trian' in methods.lora; allowed keys here: model, data"),
     ({"lora": {"method": {"r": 0}}}, [], "methods.lora: method.r: Input should be greater than 0"),
     ({"foo": {}}, [], "methods.foo: unknown method 'foo'; known: none, full, head"),
-    ({"lora": {}}, ["--seeds", "0"], "--seeds must be at least 1"),
+    ({"lora": {}}, ["--seeds", "0"], "--seeds must be between 1 and 100"),
     ({"lora": {}}, ["--train.nope", "1"], "unknown config key 'train.nope'"),
     ({"lora": {}}, ["--method.r", "4"], "unknown config key 'method'; allowed keys here: data, eval, methods"),
 ])

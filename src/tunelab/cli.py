@@ -128,9 +128,9 @@ def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
 
     cfg = compare.load_compare_config(args.config, parse_overrides(extra), quick=args.quick)
     plan = compare.plan(cfg, methods=args.methods, seeds=args.seeds, output=args.output, quick=args.quick)
-    outcome = compare.run_comparison(plan, progress=not args.no_progress)
-    print((plan.directory / "report.md").read_text(encoding="utf-8").split("## Results", 1)[1].split("##", 1)[0].strip())
-    print(f"report: {plan.directory / 'report.html'} (and report.md, results.csv, plots)")
+    outcome, written = compare.run_comparison(plan, progress=not args.no_progress)
+    print(written["table"])
+    print(f"report: {written['html']} (and report.md, results.csv, plots)")
     failed = [k for k, v in outcome.items() if v.startswith("failed")]
     if failed:
         print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; see {plan.directory / 'logs'}", file=sys.stderr)

@@ -166,17 +166,15 @@ def plan(cfg: CompareConfig, methods: str | None = None, seeds: int | None = Non
          quick: bool = False) -> Plan:
     """Every run of the comparison with its resolved config; raises on any bad input."""
     if seeds is not None:
-        if seeds < 1:
-            raise UserError(f"--seeds must be at least 1 (got {seeds})")
+        if not 1 <= seeds <= 100:
+            raise UserError(f"--seeds must be between 1 and 100 (got {seeds})")
         cfg = cfg.model_copy(update={"seeds": seeds})
-    if output is not None:
-        cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": output})})
     if output is None:
         safe = lambda s: Path(s).name.replace("/", "_") or "data"  # noqa: E731
-        directory = cfg.output.dir or str(Path("runs") / f"compare-{safe(cfg.model.name)}-{safe(cfg.data.name)}")
+        output = cfg.output.dir or str(Path("runs") / f"compare-{safe(cfg.model.name)}-{safe(cfg.data.name)}")
         # A quick comparison never lands in (or is mistaken for) the full one's directory.
-        cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={
-            "dir": directory + ("-quick" if quick else "")})})
+        output += "-quick" if quick else ""
+    cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": output})})
     names = pick_methods(cfg, methods)
     # Keep only the picked entries (in the order asked), so compare.yaml says what ran.
     entries = method_entries(cfg)
@@ -290,10 +288,11 @@ def last_error_line(log_file: Path) -> str:
     return (errors or lines or ["(no output)"])[-1][:300]
 
 
-def run_comparison(plan: Plan, progress: bool = True) -> dict[str, str]:
+def run_comparison(plan: Plan, progress: bool = True) -> tuple[dict[str, str], dict[str, Any]]:
     """Run every planned run not yet finished, one process at a time; then write the report.
 
-    Returns run directory name -> `done`, `skipped` or `failed: <last error line>`.
+    Returns run directory name -> `done`, `skipped` or `failed: <last error line>`, and what
+    :func:`tunelab.report.write_report` returns.
     """
     from filelock import FileLock, Timeout
     from tqdm.auto import tqdm
@@ -353,8 +352,7 @@ def run_comparison(plan: Plan, progress: bool = True) -> dict[str, str]:
         if len(failed) == len(plan.runs):
             first = next(iter(failed.items()))
             raise UserError(f"every run failed; {first[0]}: {first[1].removeprefix('failed: ')}")
-        report.write_report([plan.directory], plan.directory, failed=failed)
-        return outcome
+        return outcome, report.write_report([plan.directory], plan.directory, failed=failed)
     finally:
         lock.release()
 

@@ -480,8 +480,9 @@ def environment(runs: list[Run]) -> list[tuple[str, str]]:
     return items
 
 
-def write_report(dirs: list[Path], output: Path, failed: dict[str, str] | None = None) -> dict[str, Path]:
-    """Read the runs under ``dirs`` and write the whole report into ``output``."""
+def write_report(dirs: list[Path], output: Path, failed: dict[str, str] | None = None) -> dict[str, Any]:
+    """Read the runs under ``dirs`` and write the whole report into ``output``; returns the
+    paths written and the results table as Markdown."""
     runs, unfinished, configs = collect([Path(d) for d in dirs])
     if not runs:
         raise UserError(f"no finished runs (directories with summary.json) in {', '.join(str(d) for d in dirs)}")
@@ -551,7 +552,8 @@ def write_report(dirs: list[Path], output: Path, failed: dict[str, str] | None =
     page += ["<h2>Config</h2>", f"<pre>{html.escape(config_text)}</pre>", "<h2>Environment</h2>",
              html_table(["", "value"], [[k, v] for k, v in env], "environment"), "</body></html>"]
     (output / "report.html").write_text("\n".join(page), encoding="utf-8")
-    return {"markdown": output / "report.md", "html": output / "report.html", "csv": output / "results.csv"}
+    return {"markdown": output / "report.md", "html": output / "report.html", "csv": output / "results.csv",
+            "table": markdown_table(headers, body)}
 
 
 def _inline(text: str) -> str:
