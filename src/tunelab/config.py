@@ -244,8 +244,33 @@ class PrefixMethod(_Strict):
     """Width of the reparameterisation MLP."""
 
 
+class LSTMMethod(_Strict):
+    """The non-pretrained baseline of the course's first lab: a word vocabulary built from the
+    train split, an embedding, a (bi)LSTM over packed sequences, dropout and a linear head.
+    Every weight trains. No pretrained model is loaded: `model.name` is recorded as `lstm`;
+    inputs are cut to `task.max_length` words."""
+
+    name: Literal["lstm"] = "lstm"
+    embedding_dim: int = Field(100, ge=1)
+    """Width of the word embeddings (trained from scratch)."""
+    hidden_size: int = Field(100, ge=1)
+    """Width of the LSTM state, per direction."""
+    n_layers: int = Field(1, ge=1)
+    """Stacked LSTM layers."""
+    bidirectional: bool = False
+    """Also read every text right to left; the head then sees both final states."""
+    dropout: float = Field(0.5, ge=0, lt=1)
+    """On the embeddings, between stacked LSTM layers, and before the linear head."""
+    min_freq: int = Field(5, ge=1)
+    """Keep a word in the vocabulary when it occurs at least this often in the train split
+    (the course's default 5); rarer words become `<unk>`."""
+    stop_words: Literal["english", "none"] = "english"
+    """Words dropped before counting and encoding: `english` (tunelab's list of English function
+    words, negations kept; see tunelab.data.vocab) or `none`."""
+
+
 MethodConfig = Annotated[Union[NoMethod, FullMethod, HeadMethod, LoRAMethod, BitFitMethod, AdapterMethod, IA3Method,
-                               PromptMethod, PrefixMethod], Field(discriminator="name")]
+                               PromptMethod, PrefixMethod, LSTMMethod], Field(discriminator="name")]
 
 
 class TrainConfig(_Strict):
@@ -392,10 +417,23 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
     for section, default in DEFAULT_NAMES.items():
         if isinstance(raw.get(section), dict) and "name" not in raw[section]:
             raw = {**raw, section: {"name": default, **raw[section]}}
+    raw = _lstm_model_name(raw)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise UserError(describe_validation_error(exc, raw)) from None
+
+
+def _lstm_model_name(raw: dict[str, Any]) -> dict[str, Any]:
+    """The LSTM baseline loads no pretrained model, so its runs record `model.name: lstm`
+    whatever the shared config said (a comparison runs it beside encoder methods)."""
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    if _section_name(raw, "method") == "lstm":
+        return {**raw, "model": {"name": "lstm"}}
+    if model.get("name") == "lstm":
+        raise UserError("model.name lstm is the LSTM baseline and goes with method.name lstm; "
+                        f"got method {_section_name(raw, 'method') or 'lora'!r}")
+    return raw
 
 
 def describe_validation_error(exc: ValidationError, raw: dict[str, Any], root: type[BaseModel] | None = None) -> str:
@@ -446,7 +484,7 @@ def _allowed_keys(raw: dict[str, Any], section: list[str], root: type[BaseModel]
 
 METHOD_CLASSES: dict[str, type[BaseModel]] = {
     "none": NoMethod, "full": FullMethod, "head": HeadMethod, "bitfit": BitFitMethod, "adapter": AdapterMethod, "lora": LoRAMethod,
-    "ia3": IA3Method, "prompt": PromptMethod, "prefix": PrefixMethod}
+    "ia3": IA3Method, "prompt": PromptMethod, "prefix": PrefixMethod, "lstm": LSTMMethod}
 TASK_CLASSES: dict[str, type[BaseModel]] = {"classification": ClassificationTask, "instruct": InstructTask,
                                              "lm": LMTask, "summarization": SummarizationTask}
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 def rebuild_run(run_dir: Path):
-    """The run's config and its prepared model with the checkpoint's tensors loaded."""
+    """The run's config and its prepared model with the checkpoint's tensors loaded (an LSTM
+    run's vocabulary is read back from the run directory)."""
     from tunelab import runs
     from tunelab.build import prepare
     from tunelab.config import load_config
@@ -21,7 +24,7 @@ def rebuild_run(run_dir: Path):
     if not checkpoint.is_file():
         raise UserError(f"{run_dir} has no checkpoint yet ({checkpoint} is missing)")
     cfg = load_config(run_dir / "config.yaml")
-    prepared = prepare(cfg)
+    prepared = prepare(cfg, run_dir)
     load_trainable_state(prepared.model, runs.load_tensors(checkpoint))
     return cfg, prepared
 
@@ -37,3 +40,32 @@ def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
     loader = DataLoader(prepared.splits[split], batch_size=cfg.eval.batch_size, collate_fn=prepared.task.collator(prepared))
     model, loader = accelerator.prepare(prepared.model, loader)
     return {"split": split, **prepared.task.evaluate(model, loader, accelerator, prepared, split)}
+
+
+@torch.no_grad()
+def predict_run(run_dir: Path, texts: list[str]) -> list[dict[str, Any]]:
+    """The predicted label of each text with its softmax probability (and every label's), for a
+    classification run (an encoder with a head, or the LSTM)."""
+    from tunelab.errors import UserError
+    from tunelab.tasks import classification
+
+    if not texts:
+        raise UserError("give at least one text to classify, e.g. tunelab predict RUN_DIR \"a gripping film\"")
+    cfg, prepared = rebuild_run(run_dir)
+    if cfg.task.name != "classification":
+        raise UserError(f"predict needs a classification run; {run_dir} is a {cfg.task.name} run")
+    if cfg.data.text_pair_column:
+        raise UserError(f"{run_dir} classifies text pairs ({cfg.data.text_column}, {cfg.data.text_pair_column}); "
+                        "predict takes single texts")
+    model = prepared.model.eval()
+    collate = classification.collator(prepared)
+    features = classification.encode_texts(prepared.tokenizer, texts, cfg.task.max_length)
+    results = []
+    for start in range(0, len(features), cfg.eval.batch_size):
+        batch = collate(features[start:start + cfg.eval.batch_size])
+        probs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).softmax(-1)  # (B, labels)
+        for row in probs:
+            best = int(row.argmax())
+            results.append({"label": prepared.label_names[best], "probability": row[best].item(),
+                            "probabilities": dict(zip(prepared.label_names, row.tolist()))})
+    return [{"text": text, **result} for text, result in zip(texts, results)]

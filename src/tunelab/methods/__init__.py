@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunelab.methods import adapter, bitfit, full, head, ia3, lora, none, prefix, prompt
+from tunelab.methods import adapter, bitfit, full, head, ia3, lora, lstm, none, prefix, prompt
 
 REGISTRY = {"none": none, "full": full, "head": head, "bitfit": bitfit, "adapter": adapter, "lora": lora, "ia3": ia3,
-            "prompt": prompt, "prefix": prefix}
+            "prompt": prompt, "prefix": prefix, "lstm": lstm}
 
 
 def apply_method(model: nn.Module, cfg, family: str, tokenizer=None) -> None:

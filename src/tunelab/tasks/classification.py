@@ -16,6 +16,7 @@ from torch import nn
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from tunelab.config import ClassificationTask, DataConfig
+from tunelab.data import vocab as word_vocab
 from tunelab.errors import UserError
 
 PRIMARY_METRIC, HIGHER_IS_BETTER, SELECT_METRIC = "accuracy", True, "accuracy"
@@ -104,7 +105,20 @@ def tokenize_splits(splits: datasets.DatasetDict, tokenizer: PreTrainedTokenizer
     })
 
 
+def encode_texts(tokenizer: PreTrainedTokenizerBase | word_vocab.Vocabulary, texts: list[str],
+                 max_length: int) -> list[dict]:
+    """Unlabelled texts as the collator's items, encoded exactly as the training data was."""
+    if isinstance(tokenizer, word_vocab.Vocabulary):
+        return [word_vocab.item(tokenizer, text, max_length) for text in texts]
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)
+    return [{key: encoded[key][i] for key in encoded} for i in range(len(texts))]
+
+
 def collator(prepared):
+    """Dynamic padding into ``input_ids``, ``attention_mask`` and ``labels``, for a Hugging Face
+    tokenizer's encodings or the LSTM vocabulary's ``{ids, length, label}`` items."""
+    if isinstance(prepared.tokenizer, word_vocab.Vocabulary):
+        return word_vocab.collate
     return DataCollatorWithPadding(prepared.tokenizer, return_tensors="pt")
 
 
