@@ -144,6 +144,56 @@ def cmd_params(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
+    from tunelab import compare
+    from tunelab.config import parse_overrides
+
+    cfg = compare.load_compare_config(args.config, parse_overrides(extra), quick=args.quick)
+    plan = compare.plan(cfg, methods=args.methods, seeds=args.seeds, output=args.output, quick=args.quick)
+    outcome, written = compare.run_comparison(plan, progress=not args.no_progress)
+    print(written["table"])
+    print(f"report: {written['html']} (and report.md, results.csv, plots)")
+    failed = [k for k, v in outcome.items() if v.startswith("failed")]
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; see {plan.directory / 'logs'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
+    from tunelab.report import write_report
+
+    if extra:
+        raise UserError(f"unexpected arguments: {' '.join(extra)}")
+    dirs = [Path(d) for d in args.dirs]
+    if args.output is None and len(dirs) > 1:
+        raise UserError("several directories make one combined report; say where it goes with --output DIR")
+    output = Path(args.output) if args.output else dirs[0]
+    paths = write_report(dirs, output)
+    print(f"report: {paths['html']} (and report.md, results.csv, plots)")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace, extra: list[str]) -> int:
+    from tunelab.config import deep_merge, load_config, parse_overrides
+    from tunelab.profile import format_profile, profile_model
+
+    picked: dict = {}
+    if args.model:
+        picked["model"] = {"name": args.model}
+    if args.method:
+        picked["method"] = {"name": args.method}
+    cfg = load_config(args.config, deep_merge(picked, parse_overrides(extra)))
+    default_len = getattr(cfg.task, "max_length", None) or getattr(cfg.task, "block_size", None)
+    seq_len = default_len if args.seq_len is None else args.seq_len
+    batch_size = cfg.train.batch_size if args.batch_size is None else args.batch_size
+    if batch_size < 1 or seq_len < 1:
+        raise UserError(f"--batch-size and --seq-len must be at least 1 (got {batch_size} and {seq_len})")
+    result = profile_model(cfg, batch_size, seq_len, cpu=args.cpu)
+    print(json.dumps(result) if args.json else format_profile(result))
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
     from tunelab import generate as gen
 
@@ -217,6 +267,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_params)
 
+    p = sub.add_parser("compare", help="run every method on the same model, data and budget; write one report")
+    p.add_argument("--config", help="comparison YAML (default: configs/minilm-l6/compare-rt-snippets.yaml)")
+    p.add_argument("--methods", help="comma-separated subset of the config's methods, e.g. lora,prompt")
+    p.add_argument("--seeds", type=int, help="run every method with N seeds (mean ± std in the report)")
+    p.add_argument("--output", help="comparison directory (default: runs/compare-<model>-<data>)")
+    p.add_argument("--quick", action="store_true", help="a few steps per method: a smoke test in minutes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="rebuild a comparison report from run directories, without training")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="comparison directories or run directories")
+    p.add_argument("--output", help="where the report goes (default: the one DIR given)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("profile", help="memory of one training step (weights, gradients, optimizer, activations)")
+    p.add_argument("--model", help="catalog name, local directory or hub id (random weights of its shape)")
+    p.add_argument("--method", help="method name; its options as --method.KEY VALUE")
+    p.add_argument("--config", help="take model, method, batch size and max length from a YAML config")
+    p.add_argument("--batch-size", type=int, help="examples in the batch (default: the config's train.batch_size)")
+    p.add_argument("--seq-len", type=int, help="tokens per example (default: the config's task.max_length or block_size)")
+    p.add_argument("--cpu", action="store_true", help="measure on the CPU even where a GPU is present")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_profile)
+
     p = sub.add_parser("generate", help="continue prompts with a base causal LM or a trained run (its method applied)")
     p.add_argument("run_dir", nargs="?", help="a run directory of a causal-LM task (instruct, lm, summarization)")
     p.add_argument("--model", help="a base model instead: catalog name, local directory or hub id")
@@ -249,13 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
-        _quiet_libraries()
+        if args.command not in ("compare", "report"):  # these two never load a model themselves
+            _quiet_libraries()
         return args.func(args, extra)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; a started run continues with tunelab train --resume RUN_DIR", file=sys.stderr)
+        print("interrupted; a started run continues with tunelab train --resume RUN_DIR, "
+              "a comparison with the same tunelab compare command", file=sys.stderr)
         return 130
 
 

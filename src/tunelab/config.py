@@ -436,8 +436,9 @@ def _lstm_model_name(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def describe_validation_error(exc: ValidationError, raw: dict[str, Any]) -> str:
-    """One line naming the first bad key, what it got and what is allowed."""
+def describe_validation_error(exc: ValidationError, raw: dict[str, Any], root: type[BaseModel] | None = None) -> str:
+    """One line naming the first bad key, what it got and what is allowed (``root``: the class
+    validated, RunConfig by default)."""
     err = exc.errors()[0]
     # Drop the discriminator tag pydantic inserts in union paths (method.lora.r -> method.r).
     # Union members appear in the path by type name (label_words.list[str]); they are not keys.
@@ -448,7 +449,7 @@ def describe_validation_error(exc: ValidationError, raw: dict[str, Any]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         section = loc[:-1]
-        allowed = _allowed_keys(raw, section)
+        allowed = _allowed_keys(raw, section, root or RunConfig)
         return f"unknown config key {key!r}; allowed keys here: {', '.join(allowed)}"
     if kind == "union_tag_invalid":
         tags = err.get("ctx", {}).get("expected_tags", "")
@@ -466,8 +467,8 @@ def _section_name(raw: dict[str, Any], section: str) -> str | None:
     return value.get("name") if isinstance(value, dict) else None
 
 
-def _allowed_keys(raw: dict[str, Any], section: list[str]) -> list[str]:
-    cls: type[BaseModel] = RunConfig
+def _allowed_keys(raw: dict[str, Any], section: list[str], root: type[BaseModel]) -> list[str]:
+    cls: type[BaseModel] = root
     for part in section:
         field = cls.model_fields.get(part)
         if field is None:
@@ -490,3 +491,31 @@ TASK_CLASSES: dict[str, type[BaseModel]] = {"classification": ClassificationTask
 
 def to_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# A comparison: the shared run sections plus the methods to run on them (``tunelab compare``)
+
+
+class CompareOutput(_Strict):
+    dir: str | None = None
+    """Comparison directory (one run directory per method and seed, plus the report).
+    None: runs/compare-<model>-<data>, with -quick added under --quick."""
+
+
+class CompareConfig(_Strict):
+    """Every method runs with these sections; `methods` says which methods and what differs."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    task: TaskConfig = ClassificationTask()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    methods: dict[str, dict[str, Any] | None] | None = None
+    """Run name -> overrides of the sections above for that method's runs, in the sections'
+    own shape: `lora: {method: {r: 16}, train: {lr: 2.0e-3}}`. The method is the run name
+    unless `method.name` names another (`lora-r64: {method: {name: lora, r: 64}}`); an empty
+    entry (`ia3: {}`) runs the method with its defaults. None: every registered method."""
+    seeds: int = Field(1, ge=1, le=100)
+    """Run every method with seeds train.seed, train.seed + 1, ...; the report gives mean ± std."""
+    output: CompareOutput = CompareOutput()

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from tunelab import runs, tasks
+from tunelab import profile, runs, tasks
 from tunelab.build import Prepared
 from tunelab.config import RunConfig
 from tunelab.errors import UserError
@@ -127,6 +127,8 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
             if resumed_rng is not None:
                 torch.set_rng_state(resumed_rng)
                 resumed_rng = None
+            if progress.get("memory") is None:  # once per run, before the first step changes anything
+                progress["memory"] = profile.measure_step(model, batch, task.training_loss)
             step_start = time.perf_counter()
             with accelerator.accumulate(model):
                 if hits_counted:  # classification: also count right answers, for the epoch's train accuracy
@@ -212,7 +214,7 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
         "tokens_per_second": progress["train_tokens"] / max(progress["train_seconds"], 1e-9),
         "train_examples": len(prepared.splits["train"]), "test_examples": len(prepared.splits["test"]),
         "label_names": prepared.label_names,
-        **peak_memory(accelerator),
+        **peak_memory(accelerator), "memory": progress.get("memory"),
         "device": str(accelerator.device), "num_processes": accelerator.num_processes,
         "versions": runs.versions(), "git_hash": runs.git_hash(),
     }

@@ -1,0 +1,361 @@
+"""``tunelab compare``: every method on the same model, data and budget, then one report.
+
+A comparison is a directory of ordinary run directories, one per method and seed
+(``DIR/<name>``, or ``DIR/<name>-seed<k>`` with several seeds), plus ``compare.yaml`` (the
+resolved comparison config), ``configs/`` (each run's resolved config), ``logs/`` (each run's
+output) and the report (``results.csv``, ``report.md``, ``report.html``, PNG plots).
+
+Each run is its own process, ``python -m tunelab.cli train``: its peak memory is its own
+(``ru_maxrss`` is per process), a crash stays inside it, and a killed comparison continues
+where it stopped when the same command runs again: finished runs are skipped and an
+interrupted run resumes from its last snapshot (``tunelab train --resume``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from tunelab.config import (CompareConfig, RunConfig, deep_merge, describe_validation_error, load_config,
+                            to_yaml, validate_config)
+from tunelab.errors import UserError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "minilm-l6" / "compare-rt-snippets.yaml"
+"""`tunelab compare` with no --config: every method on minilm-l6 and rt-snippets."""
+
+RUN_SECTIONS = ("model", "data", "task", "method", "train", "eval")
+"""What a method's entry in `methods:` may override."""
+
+QUICK = {"data": {"max_train_examples": 96, "max_eval_examples": 96},
+         "train": {"epochs": 1, "max_steps": 6, "batch_size": 16, "eval_every_steps": 3}}
+"""`--quick`: a smoke test of every method, a few steps each (the numbers mean little); inputs
+are also cut to QUICK_LENGTH tokens (`task.max_length`, or `task.block_size` for lm)."""
+QUICK_LENGTH = 64
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+PROGRESS_PATTERN = re.compile(rb"\|\s*(\d+)/(\d+) \[")  # tqdm's "| 28/63 [" in a run's output
+
+
+@dataclass
+class PlannedRun:
+    name: str
+    """The row in the report: the method entry's name."""
+    seed: int
+    run_dir: Path
+    config: RunConfig
+
+
+@dataclass
+class Plan:
+    directory: Path
+    config: CompareConfig
+    runs: list[PlannedRun]
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+
+
+def registered_methods() -> list[str]:
+    """Every method a config can name. The config's method classes carry the same names as
+    ``tunelab.methods.REGISTRY`` (a test checks) and, unlike it, do not import torch into the
+    comparison's own process, which only starts the runs."""
+    from tunelab.config import METHOD_CLASSES
+
+    return list(METHOD_CLASSES)
+
+
+def load_compare_config(path: str | Path | None, overrides: dict[str, Any] | None = None,
+                        quick: bool = False) -> CompareConfig:
+    """Read a comparison YAML (the default comparison when ``path`` is None), apply the
+    ``--quick`` preset and ``--section.key`` overrides, validate once."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        hint = "" if path != DEFAULT_CONFIG else " (the default comparison ships with the repository's configs/)"
+        raise UserError(f"comparison config not found: {path}{hint}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must hold a mapping (model, data, task, train, eval, methods, seeds, output)")
+    if quick:
+        from tunelab.config import TASK_CLASSES
+
+        task = raw.get("task") if isinstance(raw.get("task"), dict) else {}
+        fields = getattr(TASK_CLASSES.get(task.get("name", "classification")), "model_fields", {})
+        length = {key: QUICK_LENGTH for key in ("max_length", "block_size") if key in fields}
+        raw = deep_merge(raw, {**QUICK, "task": length})
+    raw = deep_merge(raw, overrides or {})
+    if isinstance(raw.get("task"), dict) and "name" not in raw["task"]:
+        raw["task"] = {"name": "classification", **raw["task"]}
+    try:
+        cfg = CompareConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(describe_validation_error(exc, raw, CompareConfig)) from None
+    if cfg.methods is not None and not cfg.methods:
+        raise UserError(f"`methods` in {path} is empty; list one or more of: {', '.join(registered_methods())}")
+    return cfg
+
+
+def method_entries(cfg: CompareConfig) -> dict[str, dict[str, Any]]:
+    """Run name -> overrides; every registered method with no overrides when `methods` is absent."""
+    if cfg.methods is None:
+        return {name: {} for name in registered_methods()}
+    return {name: dict(entry or {}) for name, entry in cfg.methods.items()}
+
+
+def known_names(cfg: CompareConfig) -> list[str]:
+    entries = list(method_entries(cfg))
+    return entries + [m for m in registered_methods() if m not in entries]
+
+
+def pick_methods(cfg: CompareConfig, methods: str | None) -> list[str]:
+    """The entries to run: all of them, or the comma-separated ``--methods`` in its order."""
+    if methods is None:
+        return list(method_entries(cfg))
+    names = list(dict.fromkeys(m.strip() for m in methods.split(",") if m.strip()))
+    known = known_names(cfg)
+    if not names:
+        raise UserError(f"--methods is empty; name one or more of: {', '.join(known)}")
+    for name in names:
+        if name not in known:
+            raise UserError(f"unknown method {name!r} in --methods; known: {', '.join(known)}")
+    return names
+
+
+def run_config(cfg: CompareConfig, name: str, seed_offset: int, run_dir: Path) -> RunConfig:
+    """The full config of one run: shared sections, then the entry's overrides, then the seed."""
+    if not NAME_PATTERN.match(name):
+        raise UserError(f"method entry {name!r} cannot name a directory; use letters, digits, '-', '_', '.' or '+'")
+    entry = method_entries(cfg).get(name, {})
+    bad = [key for key in entry if key not in RUN_SECTIONS]
+    if bad:
+        raise UserError(f"unknown key {bad[0]!r} in methods.{name}; allowed keys here: {', '.join(RUN_SECTIONS)}")
+    for section, value in entry.items():
+        if not isinstance(value, dict):
+            raise UserError(f"methods.{name}.{section} must be a mapping of keys, e.g. {{train: {{lr: 1.0e-3}}}}")
+    shared = cfg.model_dump(mode="json", include={"model", "data", "task", "train", "eval"})
+    raw = deep_merge(shared, entry)
+    method = dict(raw.get("method", {}))
+    method.setdefault("name", name)
+    if method["name"] not in registered_methods():
+        raise UserError(f"methods.{name}: unknown method {method['name']!r}; known: {', '.join(registered_methods())} "
+                        f"(or set method.name for a named variant)")
+    raw["method"] = method
+    raw["output"] = {"dir": str(run_dir)}
+    try:
+        run = validate_config(raw)
+    except UserError as exc:
+        raise UserError(f"methods.{name}: {exc}") from None
+    run.train.seed += seed_offset
+    return run
+
+
+def plan(cfg: CompareConfig, methods: str | None = None, seeds: int | None = None, output: str | None = None,
+         quick: bool = False) -> Plan:
+    """Every run of the comparison with its resolved config; raises on any bad input."""
+    if seeds is not None:
+        if not 1 <= seeds <= 100:
+            raise UserError(f"--seeds must be between 1 and 100 (got {seeds})")
+        cfg = cfg.model_copy(update={"seeds": seeds})
+    if output is None:
+        safe = lambda s: Path(s).name.replace("/", "_") or "data"  # noqa: E731
+        output = cfg.output.dir or str(Path("runs") / f"compare-{safe(cfg.model.name)}-{safe(cfg.data.name)}")
+        # A quick comparison never lands in (or is mistaken for) the full one's directory.
+        output += "-quick" if quick else ""
+    cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": output})})
+    names = pick_methods(cfg, methods)
+    # Keep only the picked entries (in the order asked), so compare.yaml says what ran.
+    entries = method_entries(cfg)
+    cfg = cfg.model_copy(update={"methods": {n: entries.get(n, {}) for n in names}})
+    directory = Path(cfg.output.dir)
+    runs = []
+    for name in names:
+        for k in range(cfg.seeds):
+            probe = run_config(cfg, name, k, directory / name)
+            run_dir = directory / (name if cfg.seeds == 1 else f"{name}-seed{probe.train.seed}")
+            probe.output.dir = str(run_dir)
+            runs.append(PlannedRun(name, probe.train.seed, run_dir, probe))
+    return Plan(directory, cfg, runs)
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+def _differences(planned: RunConfig, existing: RunConfig) -> str | None:
+    """The first key whose value differs, ignoring the output section."""
+    def flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    a = flat(planned.model_dump(mode="json", exclude={"output"}))
+    b = flat(existing.model_dump(mode="json", exclude={"output"}))
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            return f"{key} {b.get(key)!r}, this comparison asks for {a.get(key)!r}"
+    return None
+
+
+def run_state(run: PlannedRun) -> str:
+    """`done`, `resume` (a snapshot to continue from), `restart` (started, nothing to keep) or `new`.
+
+    A run made with another config is refused rather than mixed into this comparison."""
+    from tunelab import runs as run_files
+
+    if not run.run_dir.exists() or not any(run.run_dir.iterdir()):
+        return "new"
+    config_file = run.run_dir / "config.yaml"
+    if config_file.is_file():
+        try:
+            existing = load_config(config_file)
+        except UserError:
+            existing = None
+        diff = _differences(run.config, existing) if existing is not None else "an unreadable config.yaml"
+        if diff:
+            raise UserError(f"{run.run_dir} holds a run made with {diff}; use another --output or remove that run")
+    if (run.run_dir / "summary.json").is_file():
+        return "done"
+    if config_file.is_file() and (run.run_dir / run_files.STATE).is_dir():
+        return "resume"
+    return "restart"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # Linux: a comparison killed with SIGKILL must not leave its current training running (it
+    # would hold the run's lock and keep writing while the re-run resumes it).
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def train_command(run: PlannedRun, state: str, config_file: Path) -> list[str]:
+    base = [sys.executable, "-m", "tunelab.cli", "train"]
+    if state == "resume":
+        return base + ["--resume", str(run.run_dir)]
+    command = base + ["--config", str(config_file), "--output.dir", str(run.run_dir)]
+    return command + (["--output.overwrite", "true"] if state == "restart" else [])
+
+
+def run_child(command: list[str], log_file: Path, on_progress=None) -> int:
+    """Run one training process, its output into ``log_file``; report its step as it goes."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    linux = sys.platform.startswith("linux")
+    with open(log_file, "ab") as log:
+        log.write(f"$ {' '.join(command)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_die_with_parent if linux else None)
+        try:
+            assert proc.stdout is not None
+            while chunk := proc.stdout.read1(65536):
+                log.write(chunk)
+                log.flush()
+                found = PROGRESS_PATTERN.findall(chunk)
+                if found and on_progress is not None:
+                    step, total = found[-1]
+                    on_progress(int(step), int(total))
+            return proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+
+
+def last_error_line(log_file: Path) -> str:
+    lines = [line.strip() for line in log_file.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
+             .splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("error:", "Error", "Traceback")) or "Error:" in line]
+    return (errors or lines or ["(no output)"])[-1][:300]
+
+
+def run_comparison(plan: Plan, progress: bool = True) -> tuple[dict[str, str], dict[str, Any]]:
+    """Run every planned run not yet finished, one process at a time; then write the report.
+
+    Returns run directory name -> `done`, `skipped` or `failed: <last error line>`, and what
+    :func:`tunelab.report.write_report` returns.
+    """
+    from filelock import FileLock, Timeout
+    from tqdm.auto import tqdm
+
+    from tunelab import report, runs as run_files
+
+    plan.directory.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = FileLock(str(plan.directory / ".compare.lock"), timeout=0)
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"another tunelab compare is writing {plan.directory}; wait for it to finish or pick "
+                        f"another --output") from None
+    try:
+        states = {run.run_dir: run_state(run) for run in plan.runs}  # refuses runs made with another config
+        run_files.atomic_write_text(plan.directory / "compare.yaml", compare_yaml(plan.config))
+        (plan.directory / "configs").mkdir(exist_ok=True)
+        (plan.directory / "logs").mkdir(exist_ok=True)
+        outcome: dict[str, str] = {}
+        runs_bar = tqdm(total=len(plan.runs), desc="compare", unit="run", position=0, disable=not progress,
+                        dynamic_ncols=True)
+        step_bar = tqdm(total=1, unit="step", position=1, leave=False, disable=not progress, dynamic_ncols=True)
+        for run in plan.runs:
+            key = run.run_dir.name
+            state = states[run.run_dir]
+            if state == "done":
+                outcome[key] = "skipped"
+                runs_bar.update(1)
+                continue
+            config_file = plan.directory / "configs" / f"{key}.yaml"
+            run_files.atomic_write_text(config_file, to_yaml(run.config))
+            runs_bar.set_postfix_str(f"{key} ({'resuming' if state == 'resume' else 'starting'})")
+            step_bar.reset(total=1)
+            step_bar.set_description(key)
+
+            def on_progress(step: int, total: int) -> None:
+                if step_bar.total != total:
+                    step_bar.reset(total=total)
+                step_bar.n = step
+                step_bar.refresh()
+                runs_bar.set_postfix_str(f"{key} step {step}/{total}", refresh=True)
+
+            started = time.perf_counter()
+            code = run_child(train_command(run, state, config_file), plan.directory / "logs" / f"{key}.log", on_progress)
+            if code == 130:
+                raise KeyboardInterrupt
+            if code == 0 and (run.run_dir / "summary.json").is_file():
+                outcome[key] = "done"
+            else:
+                line = last_error_line(plan.directory / "logs" / f"{key}.log")
+                outcome[key] = f"failed: {line}"
+                tqdm.write(f"{key} failed after {time.perf_counter() - started:.0f}s (exit {code}): {line}", file=sys.stderr)
+            runs_bar.update(1)
+        step_bar.close()
+        runs_bar.close()
+        failed = {k: v for k, v in outcome.items() if v.startswith("failed")}
+        if len(failed) == len(plan.runs):
+            first = next(iter(failed.items()))
+            raise UserError(f"every run failed; {first[0]}: {first[1].removeprefix('failed: ')}")
+        return outcome, report.write_report([plan.directory], plan.directory, failed=failed)
+    finally:
+        lock.release()
+
+
+def compare_yaml(cfg: CompareConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

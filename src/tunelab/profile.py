@@ -1,0 +1,162 @@
+"""The memory of one training step, broken down: weights, gradients, optimizer state, activations.
+
+Counted in bytes, so it works on the CPU as well as on a GPU:
+
+- weights: every parameter (a tied tensor counted once);
+- gradients: one per trainable parameter, so the trainable parameters' bytes;
+- optimizer state: AdamW keeps two moments (``exp_avg``, ``exp_avg_sq``) per trainable parameter;
+- activations: the tensors autograd saves for backward during the forward pass, seen through
+  ``torch.autograd.graph.saved_tensors_hooks`` and counted once per storage; parameters saved
+  for backward are weights and are not counted again.
+
+The forward peak is weights + optimizer state (kept from the previous step) + activations; the
+backward peak adds the gradients. Both are upper bounds of what the tensors themselves need:
+backward frees activations while gradients appear, and temporary buffers are not counted. On
+CUDA the caching allocator's own peaks after forward and after backward are recorded too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+ADAMW_MOMENTS = 2
+"""AdamW keeps a first and a second moment for every trainable parameter."""
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
+    storage = tensor.untyped_storage()
+    return str(tensor.device), storage.data_ptr()
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of all parameters, tied ones once (``parameters()`` lists a shared tensor once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def trainable_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def measure_step(model: nn.Module, batch: dict[str, torch.Tensor],
+                 loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]) -> dict[str, Any]:
+    """Run one forward and backward of ``loss_fn(model, batch)`` and return the breakdown in bytes.
+
+    The step leaves no trace: the random number generators are restored (dropout draws the
+    same masks in the real step that follows) and the gradients are put back as they were, so
+    calling this before a training step does not change the run.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    param_keys = {_storage_key(p) for p in model.parameters()}
+    saved: dict[tuple[str, int], int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(tensor)
+        if key not in param_keys and tensor.device.type != "meta":
+            saved[key] = max(saved.get(key, 0), tensor.untyped_storage().nbytes())
+        return tensor
+
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    old_grads = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    result: dict[str, Any] = {}
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = loss_fn(model, batch)
+        if cuda:
+            result["cuda_forward_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+        if loss.requires_grad:  # nothing to train (zero-shot) means no backward
+            loss.backward()
+        if cuda:
+            result["cuda_backward_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+        del loss
+    for p, grad in zip(params, old_grads):
+        p.grad = grad
+
+    weights = weight_bytes(model)
+    gradients = trainable_bytes(model)
+    optimizer = ADAMW_MOMENTS * gradients
+    activations = sum(saved.values())
+    input_ids = batch.get("input_ids")
+    return {
+        "batch_shape": list(input_ids.shape) if input_ids is not None else None,
+        "weights_bytes": weights,
+        "gradients_bytes": gradients,
+        "optimizer_bytes": optimizer,
+        "activations_bytes": activations,
+        "forward_peak_bytes": weights + optimizer + activations,
+        "backward_peak_bytes": weights + optimizer + activations + gradients,
+        "device": str(device),
+        **result,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# `tunelab profile`: the breakdown for a model + method and one batch shape, without training
+
+
+def profile_model(cfg, batch_size: int, seq_len: int, num_labels: int = 2, cpu: bool = False) -> dict[str, Any]:
+    """Build the model of a run config from its model config alone (random weights: memory does
+    not depend on the values), apply the method as training does, and measure one step on
+    random tokens: a classifier for `classification`, the causal LM with its token loss for the
+    causal tasks (instruct, lm, summarization)."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from tunelab.build import check_context_length
+    from tunelab.methods import apply_method
+    from tunelab.models.loading import family, load_config
+    from tunelab.tasks import causal, classification
+
+    hf_config = load_config(cfg.model)
+    check_context_length(cfg, hf_config, seq_len, key="--seq-len")
+    method_cfg = cfg.method
+    if getattr(method_cfg, "init", None) == "text":
+        # The soft prompt's initial values do not change its memory; skip loading a tokenizer.
+        method_cfg = method_cfg.model_copy(update={"init": "random"})
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, hf_config.vocab_size, (batch_size, seq_len), generator=generator)
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    if cfg.task.name == "classification":
+        backbone = AutoModel.from_config(hf_config, dtype=torch.float32)
+        model = classification.SequenceClassifier(backbone, num_labels)
+        batch["labels"] = torch.randint(0, num_labels, (batch_size,), generator=generator)
+        loss_fn = classification.training_loss
+    else:
+        backbone = model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+        batch["labels"] = input_ids.clone()  # every token predicted, as in language modeling
+        loss_fn = causal.mean_token_loss
+    apply_method(model, method_cfg, family(backbone))
+    device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
+    model.to(device).train()
+    result = measure_step(model, {k: v.to(device) for k, v in batch.items()}, loss_fn)
+    counts = {"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+              "total_params": sum(p.numel() for p in model.parameters())}
+    return {"model": cfg.model.name, "method": method_cfg.name, "task": cfg.task.name, **counts, **result}
+
+
+def format_profile(result: dict[str, Any]) -> str:
+    """A small table in megabytes (10^6 bytes)."""
+    mb = lambda n: f"{n / 1e6:10.2f} MB"  # noqa: E731
+    batch, tokens = result["batch_shape"]
+    lines = [
+        f"model            {result['model']}, method {result['method']}, task {result['task']}, "
+        f"batch {batch} x {tokens} tokens, {result['device']}",
+        f"weights          {mb(result['weights_bytes'])}  ({result['total_params']:,} parameters)",
+        f"gradients        {mb(result['gradients_bytes'])}  ({result['trainable_params']:,} trainable)",
+        f"optimizer state  {mb(result['optimizer_bytes'])}  (AdamW: {ADAMW_MOMENTS} moments per trainable parameter)",
+        f"activations      {mb(result['activations_bytes'])}  (saved by autograd for backward)",
+        f"forward peak     {mb(result['forward_peak_bytes'])}  (weights + optimizer state + activations)",
+        f"backward peak    {mb(result['backward_peak_bytes'])}  (forward peak + gradients)",
+    ]
+    if "cuda_forward_peak_bytes" in result:
+        lines.append(f"CUDA allocator   {mb(result['cuda_forward_peak_bytes'])} after forward, "
+                     f"{mb(result['cuda_backward_peak_bytes'])} after backward (max allocated)")
+    return "\n".join(lines)
