@@ -128,16 +128,17 @@ def test_killed_and_resumed_lstm_run_ends_with_the_same_weights(lstm_args, tmp_p
     real = classification.per_example
     calls = {"n": 0}
 
-    def crash_on_call_13(model, batch):
-        # Counts training and validation batches: an epoch is 6 steps + 3 validations (one batch
-        # each), so call 13 is step 9, just after the snapshot at step 8.
+    def crash_on_call_14(model, batch):
+        # Counts training and validation batches: the memory measurement on the first batch, then
+        # an epoch of 6 steps + 3 validations (one batch each), so call 14 is step 9, just after
+        # the snapshot at step 8.
         calls["n"] += 1
-        if calls["n"] == 13:
+        if calls["n"] == 14:
             raise KeyboardInterrupt
         return real(model, batch)
 
     args["output"] = {"dir": str(tmp_path / "resumed")}
-    monkeypatch.setattr(classification, "per_example", crash_on_call_13)
+    monkeypatch.setattr(classification, "per_example", crash_on_call_14)
     assert cli.main(["train", *cli_args(args)]) == 130
     snapshot = json.loads((tmp_path / "resumed" / runs.STATE / "progress.json").read_text())
     assert snapshot["epoch"] == 1 and snapshot["batches_done"] == 2 and snapshot["epoch_examples"] == 16
