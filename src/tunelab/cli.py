@@ -129,16 +129,22 @@ def _clip(text: str, width: int = 60) -> str:
     return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
-def cmd_params(args: argparse.Namespace, extra: list[str]) -> int:
+def config_from_picks(args: argparse.Namespace, extra: list[str]):
+    """A run config from --config, --model, --method and --section.key overrides (params, profile)."""
     from tunelab.config import deep_merge, load_config, parse_overrides
-    from tunelab.params import count_for, format_counts
 
     picked: dict = {}
     if args.model:
         picked["model"] = {"name": args.model}
     if args.method:
         picked["method"] = {"name": args.method}
-    cfg = load_config(args.config, deep_merge(picked, parse_overrides(extra)))
+    return load_config(args.config, deep_merge(picked, parse_overrides(extra)))
+
+
+def cmd_params(args: argparse.Namespace, extra: list[str]) -> int:
+    from tunelab.params import count_for, format_counts
+
+    cfg = config_from_picks(args, extra)
     result = count_for(cfg.model, cfg.method, num_labels=args.labels)
     print(json.dumps(result) if args.json else format_counts(result))
     return 0
@@ -175,15 +181,9 @@ def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_profile(args: argparse.Namespace, extra: list[str]) -> int:
-    from tunelab.config import deep_merge, load_config, parse_overrides
     from tunelab.profile import format_profile, profile_model
 
-    picked: dict = {}
-    if args.model:
-        picked["model"] = {"name": args.model}
-    if args.method:
-        picked["method"] = {"name": args.method}
-    cfg = load_config(args.config, deep_merge(picked, parse_overrides(extra)))
+    cfg = config_from_picks(args, extra)
     default_len = getattr(cfg.task, "max_length", None) or getattr(cfg.task, "block_size", None)
     seq_len = default_len if args.seq_len is None else args.seq_len
     batch_size = cfg.train.batch_size if args.batch_size is None else args.batch_size
