@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tunelab.config import (CompareConfig, RunConfig, deep_merge, describe_validation_error, load_config,
+from tunelab.config import (CompareConfig, RunConfig, deep_merge, describe_validation_error, load_config, read_yaml_mapping,
                             to_yaml, validate_config)
 from tunelab.errors import UserError
 
@@ -83,12 +83,7 @@ def load_compare_config(path: str | Path | None, overrides: dict[str, Any] | Non
     if not path.is_file():
         hint = "" if path != DEFAULT_CONFIG else " (the default comparison ships with the repository's configs/)"
         raise UserError(f"comparison config not found: {path}{hint}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"config file {path} must hold a mapping (model, data, task, train, eval, methods, seeds, output)")
+    raw = read_yaml_mapping(path, "model, data, task, train, eval, methods, seeds, output")
     if quick:
         from tunelab.config import TASK_CLASSES
 
