@@ -63,7 +63,7 @@ def test_method_runs_and_counts(build, expected_family, cfg):
 
 def test_prefix_on_distilbert_is_refused_in_one_line():
     model = SequenceClassifier(distilbert(), 2)
-    with pytest.raises(UserError, match="prefix tuning needs a model whose forward takes past_key_values"):
+    with pytest.raises(UserError, match=r"prefix tuning needs a model whose forward takes a key/value cache \(cache or past_key_values\)"):
         apply_method(model, PrefixMethod(num_virtual_tokens=N), "distilbert")
 
 

@@ -1,7 +1,7 @@
 """Prefix tuning (Li & Liang 2021, arXiv:2101.00190): trainable key/value prefixes of length
 ``num_virtual_tokens`` in every layer, seen by every real token's attention.
 
-They reach the model the way cached keys/values of earlier tokens do (``past_key_values``), so
+They reach the model the way cached keys/values of earlier tokens do (the body's cache argument), so
 attention, masks and position ids follow the architecture's own cache path: the attention
 mask gets ``num_virtual_tokens`` leading ones and the real tokens' positions start after them.
 """
@@ -14,7 +14,8 @@ from transformers import DynamicCache
 
 from tunelab.config import PrefixMethod
 from tunelab.methods.common import AdapterModule, freeze, task_head, transformer_body, unfreeze
-from tunelab.methods.virtual_tokens import account_for_virtual_tokens, cache_in_use, require_argument
+from tunelab.methods.virtual_tokens import (CACHE_ARGUMENT_NAMES, account_for_virtual_tokens, cache_argument,
+                                            cache_in_use, require_argument, take_cache)
 
 
 def kv_shape(config) -> tuple[int, int, int]:
@@ -47,10 +48,12 @@ class PrefixMLP(nn.Module):
 
 class KeyValuePrefix(AdapterModule):
     def __init__(self, layers: int, kv_heads: int, head_dim: int, n: int, dtype=torch.float32, device=None,
-                 reparameterize: bool = False, embed_dim: int = 0, hidden_size: int = 512):
+                 reparameterize: bool = False, embed_dim: int = 0, hidden_size: int = 512,
+                 cache_argument: str = "cache"):
         super().__init__()
         shape = (layers, kv_heads, n, head_dim)
         self.n = n
+        self.cache_argument = cache_argument  # what the body's forward calls its key/value cache
         if reparameterize:
             self.reparam = PrefixMLP(shape, embed_dim, hidden_size, dtype=dtype, device=device)
         else:
@@ -89,13 +92,14 @@ class KeyValuePrefix(AdapterModule):
         reference = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else (
             args[0] if args else kwargs["inputs_embeds"])
         batch = reference.shape[0]
-        if not cache_in_use(kwargs):  # later generation steps find the prefixes in the cache
+        cache = take_cache(kwargs, self.cache_argument)
+        if not cache_in_use(cache):  # later generation steps find the prefixes in the cache
             # A caller's empty cache (generate) is filled in place so it carries the prefixes on.
-            cache = kwargs.get("past_key_values") if kwargs.get("past_key_values") is not None else DynamicCache()
+            cache = cache if cache is not None else DynamicCache()
             for layer, (keys, values) in enumerate(zip(*self.keys_values())):
                 cache.update(keys.unsqueeze(0).expand(batch, -1, -1, -1),
                              values.unsqueeze(0).expand(batch, -1, -1, -1), layer)
-            kwargs["past_key_values"] = cache
+            kwargs[self.cache_argument] = cache
         account_for_virtual_tokens(kwargs, batch, self.num_virtual_tokens, reference.device)
         return args, kwargs
 
@@ -104,10 +108,12 @@ def apply(model: nn.Module, cfg: PrefixMethod, family: str, tokenizer=None) -> N
     heads = task_head(model)
     freeze(model)
     body = transformer_body(model)
-    require_argument(body, "past_key_values", "prefix")
+    argument = cache_argument(body)
+    require_argument(body, argument, "prefix", f"a key/value cache ({' or '.join(CACHE_ARGUMENT_NAMES)})")
     weight = body.get_input_embeddings().weight
     prefix = KeyValuePrefix(*kv_shape(body.config), cfg.num_virtual_tokens, dtype=weight.dtype, device=weight.device,
-                            reparameterize=cfg.reparameterize, embed_dim=weight.shape[1], hidden_size=cfg.hidden_size)
+                            reparameterize=cfg.reparameterize, embed_dim=weight.shape[1], hidden_size=cfg.hidden_size,
+                            cache_argument=argument)
     body.add_module("kv_prefix", prefix)
     body.register_forward_pre_hook(prefix.seed_cache, with_kwargs=True)
     unfreeze([prefix, *heads])

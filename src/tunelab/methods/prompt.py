@@ -15,13 +15,15 @@ from torch import nn
 from tunelab.config import PromptMethod
 from tunelab.errors import UserError
 from tunelab.methods.common import AdapterModule, freeze, task_head, transformer_body, unfreeze
-from tunelab.methods.virtual_tokens import account_for_virtual_tokens, cache_in_use, require_argument, take_input
+from tunelab.methods.virtual_tokens import (account_for_virtual_tokens, cache_argument, cache_in_use, require_argument,
+                                            take_cache, take_input)
 
 
 class SoftPrompt(AdapterModule):
-    def __init__(self, init: torch.Tensor):
+    def __init__(self, init: torch.Tensor, cache_argument: str | None = None):
         super().__init__()
         self.prompt = nn.Parameter(init.clone())  # (n, H)
+        self.cache_argument = cache_argument  # the body's key/value cache argument; None: it has no cache
 
     @property
     def num_virtual_tokens(self) -> int:
@@ -33,7 +35,7 @@ class SoftPrompt(AdapterModule):
             return None
         args, kwargs, embeds = take_input(body, args, kwargs)
         batch, n = embeds.shape[0], self.num_virtual_tokens
-        if not cache_in_use(kwargs):  # later generation steps find the prompt in the cache
+        if not cache_in_use(take_cache(kwargs, self.cache_argument)):  # later generation steps find the prompt there
             prompt = self.prompt.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)  # (B, n, H)
             embeds = torch.cat([prompt, embeds], dim=1)  # (B, n + T, H)
             if kwargs.get("token_type_ids") is not None:
@@ -65,8 +67,8 @@ def apply(model: nn.Module, cfg: PromptMethod, family: str, tokenizer=None) -> N
     heads = task_head(model)
     freeze(model)
     body = transformer_body(model)
-    require_argument(body, "inputs_embeds", "prompt")
-    soft_prompt = SoftPrompt(initial_prompt(body.get_input_embeddings(), cfg, tokenizer))
+    require_argument(body, "inputs_embeds", "prompt", "inputs_embeds")
+    soft_prompt = SoftPrompt(initial_prompt(body.get_input_embeddings(), cfg, tokenizer), cache_argument(body))
     body.add_module("soft_prompt", soft_prompt)
     body.register_forward_pre_hook(soft_prompt.prepend, with_kwargs=True)
     unfreeze([soft_prompt, *heads])

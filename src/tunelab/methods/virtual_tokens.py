@@ -2,7 +2,11 @@
 
 The hook rewrites the body's keyword arguments before it runs (prepend embeddings, extend the
 attention mask, seed a key/value cache), so no model class is subclassed or copied and any
-architecture whose body takes ``inputs_embeds`` / ``past_key_values`` works.
+architecture whose body takes ``inputs_embeds`` and a key/value cache works.
+
+The cache argument's name is read off the body's ``forward``: transformers 5.24 renamed
+``past_key_values`` to ``cache`` in every model (keeping the old name as a deprecated alias
+that callers may still pass), so the name differs between the releases tunelab supports.
 """
 
 from __future__ import annotations
@@ -13,6 +17,31 @@ import torch
 from torch import nn
 
 from tunelab.errors import UserError
+
+CACHE_ARGUMENT_NAMES = ("cache", "past_key_values")
+"""What a body's forward may call its key/value cache: the transformers >= 5.24 name first."""
+
+
+def accepted_arguments(body: nn.Module) -> set[str]:
+    return set(inspect.signature(body.forward).parameters)
+
+
+def cache_argument(body: nn.Module) -> str | None:
+    """The name under which this body's forward takes a key/value cache, None if it takes none."""
+    accepted = accepted_arguments(body)
+    return next((name for name in CACHE_ARGUMENT_NAMES if name in accepted), None)
+
+
+def take_cache(kwargs: dict, argument: str | None):
+    """The cache the caller passed (under the body's name or a known alias), moved to the
+    body's own name so the model sees one cache; None when there is none."""
+    cache = None
+    for name in CACHE_ARGUMENT_NAMES:
+        given = kwargs.pop(name, None) if name != argument else kwargs.get(name)
+        cache = given if given is not None else cache
+    if argument is not None and cache is not None:
+        kwargs[argument] = cache
+    return cache
 
 
 def take_input(body: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict, torch.Tensor]:
@@ -34,10 +63,9 @@ def extend_mask(kwargs: dict, batch: int, n: int, device) -> None:
     kwargs["attention_mask"] = torch.cat([mask.new_ones(batch, n), mask], dim=1)
 
 
-def cache_in_use(kwargs: dict) -> bool:
+def cache_in_use(cache) -> bool:
     """True on later generation steps: the virtual tokens are already in the cache."""
-    past = kwargs.get("past_key_values")
-    return past is not None and past.get_seq_length() > 0
+    return cache is not None and cache.get_seq_length() > 0
 
 
 def account_for_virtual_tokens(kwargs: dict, batch: int, n: int, device) -> None:
@@ -48,7 +76,7 @@ def account_for_virtual_tokens(kwargs: dict, batch: int, n: int, device) -> None
         kwargs.pop(stale, None)
 
 
-def require_argument(body: nn.Module, argument: str, method: str) -> None:
-    if argument not in inspect.signature(body.forward).parameters:
-        raise UserError(f"{method} tuning needs a model whose forward takes {argument}; "
-                        f"{type(body).__name__} does not")
+def require_argument(body: nn.Module, argument: str | None, method: str, what: str) -> None:
+    """Refuse, in one line, a body whose forward lacks what the method feeds it."""
+    if argument is None or argument not in accepted_arguments(body):
+        raise UserError(f"{method} tuning needs a model whose forward takes {what}; {type(body).__name__} does not")
