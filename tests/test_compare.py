@@ -17,7 +17,7 @@ import yaml
 from filelock import FileLock
 
 from tunelab import cli, compare, runs
-from tunelab.methods import REGISTRY
+from tunelab.methods import METHODS
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 NOT_FOR_ENCODER_CLASSIFICATION = {"none"}
@@ -34,13 +34,13 @@ def tiny_compare_yaml(folder: Path, model: Path, data: Path, methods: dict, **tr
 
 
 def test_the_methods_a_comparison_knows_are_the_registry():
-    assert compare.registered_methods() == list(REGISTRY)
+    assert compare.registered_methods() == METHODS.names()
 
 
 def test_default_comparison_runs_every_method_on_the_same_budget():
     plan = compare.plan(compare.load_compare_config(None))
     names = [run.name for run in plan.runs]
-    assert set(REGISTRY) - NOT_FOR_ENCODER_CLASSIFICATION <= set(names)
+    assert set(METHODS.names()) - NOT_FOR_ENCODER_CLASSIFICATION <= set(names)
     assert plan.directory == Path("runs/compare-minilm-l6-rt-snippets")
     # the LSTM baseline has no pretrained model; everything else is shared
     exclude = {"method": True, "output": True, "train": {"lr"}}
@@ -182,8 +182,8 @@ def test_sigkilled_comparison_resumes_to_the_uninterrupted_results(tmp_path, tin
     assert cli.main(["train", "--config", str(out / "configs" / "lora.yaml"), "--output.dir", str(reference)]) == 0
     resumed, straight = (json.loads((d / "summary.json").read_text()) for d in (out / "lora", reference))
     timing = {"train_time_s", "wall_time_s", "tokens_per_second", "peak_memory_bytes", "versions", "git_hash"}
-    assert {"test_accuracy", "test_loss", "eval_loss", "validation_accuracy", "trainable_params", "best_step",
-            "steps", "memory", "checkpoint_bytes"} <= set(straight)
+    assert {"test", "validation", "trainable_params", "best_step", "steps", "memory", "checkpoint_bytes"} <= set(straight)
+    assert {"accuracy", "loss"} <= straight["test"].keys() and {"accuracy", "loss"} <= straight["validation"].keys()
     assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in straight.items() if k not in timing}
     assert resumed["steps"] == 2 * 11  # 42 training examples in batches of 4, 2 epochs
     a = runs.load_tensors(out / "lora" / runs.CHECKPOINT / "model.safetensors")
@@ -191,4 +191,4 @@ def test_sigkilled_comparison_resumes_to_the_uninterrupted_results(tmp_path, tin
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # and the report shows the resumed run's numbers
     row = read_results(out / "results.csv")["lora"]
-    assert float(row["test_accuracy"]) == straight["test_accuracy"] and int(row["steps"]) == straight["steps"]
+    assert float(row["test_accuracy"]) == straight["test"]["accuracy"] and int(row["steps"]) == straight["steps"]

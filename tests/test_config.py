@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.config import (ClassificationTask, FullMethod, HeadMethod, LoRAMethod, RunConfig, deep_merge,
-                            load_config, parse_overrides, to_yaml, validate_config)
+from tunelab.config import RunConfig, deep_merge, load_config, parse_overrides, to_yaml, validate_config
+from tunelab.methods.options import FullMethod, HeadMethod, LoRAMethod
+from tunelab.tasks.options import ClassificationTask
 from tunelab.errors import UserError
 
 REPO = Path(__file__).parents[1]
@@ -171,7 +172,9 @@ def test_unknown_method_lists_known_names():
         load_config(None, {"method": {"name": "sparkle"}})
     message = str(info.value)
     assert message.startswith("method.name") and "sparkle" in message
-    assert "full, head, lora" in message
+    from tunelab.methods import METHODS
+
+    assert f"known: {', '.join(METHODS.names())}" in message
 
 
 def test_unknown_task_lists_known_names():

@@ -66,7 +66,7 @@ def test_lora_on_minilm_trains_and_evaluates(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["eval", str(run_dir), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-9)
+    assert result["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-9)
 
 
 def test_smollm2_perplexity_on_wiki_slice_is_that_of_a_real_language_model(tmp_path):
@@ -78,8 +78,8 @@ def test_smollm2_perplexity_on_wiki_slice_is_that_of_a_real_language_model(tmp_p
     assert rc == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     # SmolLM2-135M on Wikipedia prose: far below a uniform guess over 49,152 tokens, far above 1
-    assert 5 < summary["test_perplexity"] < 60
-    assert summary["test_tokens"] > 1000
+    assert 5 < summary["test"]["perplexity"] < 60
+    assert summary["test"]["tokens"] > 1000
     samples = json.loads((run_dir / "samples.json").read_text())["after"]
     assert samples[0].startswith("The history of") and len(samples[0]) > len("The history of")
 
@@ -92,5 +92,5 @@ def test_smollm2_zero_shot_instruct_answers_with_label_words(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["trainable_params"] == 0
     # measured on 300 test snippets: 31 % of the zero-shot answers are not a label word ("Unpleasant")
-    assert summary["test_invalid_rate"] < 0.7, "an instruct model asked positive-or-negative often answers with one"
-    assert summary["test_accuracy"] <= 1 - summary["test_invalid_rate"] + 1e-9
+    assert summary["test"]["invalid_rate"] < 0.7, "an instruct model asked positive-or-negative often answers with one"
+    assert summary["test"]["accuracy"] <= 1 - summary["test"]["invalid_rate"] + 1e-9

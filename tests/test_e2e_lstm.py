@@ -43,7 +43,7 @@ def test_lstm_on_movie_reviews_trains_evaluates_and_predicts(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["eval", str(run_dir), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-9)
+    assert result["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-9)
     assert cli.main(["predict", str(run_dir), "--json", "an utterly gripping , moving film ."]) == 0
     prediction = json.loads(capsys.readouterr().out)
     assert prediction["label"] in ("negative", "positive")

@@ -60,8 +60,8 @@ def test_eval_reproduces_the_test_accuracy(lstm_run, capsys):
     summary = json.loads((lstm_run / "summary.json").read_text())
     assert cli.main(["eval", str(lstm_run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-9)
-    assert result["loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+    assert result["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-9)
+    assert result["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-6)
 
 
 def test_eval_reads_the_saved_vocabulary(lstm_run):
@@ -141,7 +141,7 @@ def test_killed_and_resumed_lstm_run_ends_with_the_same_weights(lstm_args, tmp_p
     monkeypatch.setattr(classification, "per_example", crash_on_call_14)
     assert cli.main(["train", *cli_args(args)]) == 130
     snapshot = json.loads((tmp_path / "resumed" / runs.STATE / "progress.json").read_text())
-    assert snapshot["epoch"] == 1 and snapshot["batches_done"] == 2 and snapshot["epoch_examples"] == 16
+    assert snapshot["epoch"] == 1 and snapshot["batches_done"] == 2 and snapshot["epoch_sums"]["examples"] == 16
     monkeypatch.setattr(classification, "per_example", real)
     assert cli.main(["train", "--resume", str(tmp_path / "resumed")]) == 0
 

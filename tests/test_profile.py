@@ -33,7 +33,7 @@ class Scaled(nn.Module):
 def test_activations_are_counted_once_per_storage_and_parameters_are_weights():
     model = Scaled(n=10)
     x = torch.randn(6, 10)
-    result = measure_step(model, {"input_ids": x}, lambda m, b: m(b["input_ids"]))
+    result = measure_step(model, {"input_ids": x}, lambda m, b: (m(b["input_ids"]), {}))
     assert result["activations_bytes"] == 2 * 6 * 10 * FLOAT32  # x and h, h not twice, w not at all
     assert result["weights_bytes"] == (10 + 30) * FLOAT32
     assert result["gradients_bytes"] == 10 * FLOAT32
@@ -48,7 +48,7 @@ def test_measuring_leaves_rng_and_gradients_as_they_were():
     model[0].weight.grad = torch.full_like(model[0].weight, 7.0)
     batch = {"input_ids": torch.randn(4, 8)}
     rng = torch.get_rng_state()
-    measure_step(model, batch, lambda m, b: m(b["input_ids"]).sum())
+    measure_step(model, batch, lambda m, b: (m(b["input_ids"]).sum(), {}))
     assert torch.equal(torch.get_rng_state(), rng), "dropout in the measured step must not shift the run's RNG"
     assert torch.equal(model[0].weight.grad, torch.full_like(model[0].weight, 7.0))
     assert model[2].weight.grad is None

@@ -49,7 +49,8 @@ def test_run_directory_contents_and_best_checkpoint(tiny_run_config, tmp_path):
     assert run_train(cfg) == 0
     run_dir = tmp_path / "run"
     summary = json.loads((run_dir / "summary.json").read_text())
-    for key in ["test_accuracy", "eval_loss", "trainable_params", "added_params", "total_params", "trainable_percent",
+    assert "accuracy" in summary["test"] and "loss" in summary["validation"]
+    for key in ["trainable_params", "added_params", "total_params", "trainable_percent",
                 "checkpoint_bytes", "wall_time_s", "tokens_per_second", "peak_memory_bytes", "versions", "git_hash"]:
         assert key in summary, key
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -57,7 +58,7 @@ def test_run_directory_contents_and_best_checkpoint(tiny_run_config, tmp_path):
     assert len(validations) == 3  # one per epoch
     best = max(validations, key=lambda r: r["accuracy"])  # first of the best: ties keep the earlier
     assert summary["best_step"] == best["step"]
-    assert summary["validation_accuracy"] == pytest.approx(best["accuracy"])
+    assert summary["validation"]["accuracy"] == pytest.approx(best["accuracy"])
     assert not (run_dir / runs.STATE).exists(), "a finished run keeps no resume snapshot"
     # the checkpoint holds only the trained tensors
     saved = checkpoint(run_dir)
@@ -73,8 +74,8 @@ def test_eval_reproduces_summary(tiny_run_config, tmp_path, capsys):
     assert cli.main(["eval", str(tmp_path / "run"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert result["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-9)
-    assert result["loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
+    assert result["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-9)
+    assert result["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-5)
 
 
 def test_early_stopping_stops_after_patience(tiny_run_config, tmp_path):
@@ -121,7 +122,7 @@ def test_killed_and_resumed_run_ends_with_same_weights(tiny_run_config, tmp_path
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], atol=0, rtol=0, msg=name)
     assert resumed_summary["best_step"] == straight_summary["best_step"]
-    assert resumed_summary["test_accuracy"] == straight_summary["test_accuracy"]
+    assert resumed_summary["test"]["accuracy"] == straight_summary["test"]["accuracy"]
     assert resumed_summary["steps"] == straight_summary["steps"]
 
 

@@ -41,13 +41,10 @@ def format_metrics(metrics: dict, split: str) -> str:
     return f"{split} " + "  ".join(shown)
 
 
-def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from filelock import FileLock, Timeout
-
+def train_target(args: argparse.Namespace, extra: list[str]):
+    """The run's config, its directory, and whether it resumes; every refusal before any write."""
     from tunelab import runs
-    from tunelab.build import prepare
-    from tunelab.config import load_config, parse_overrides, to_yaml
-    from tunelab.train import train
+    from tunelab.config import load_config, parse_overrides
 
     overrides = parse_overrides(extra)
     if args.resume:
@@ -58,24 +55,32 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             raise UserError(f"cannot resume {run_dir}: it has no config.yaml")
         if (run_dir / "summary.json").is_file():
             raise UserError(f"{run_dir} already finished (summary.json exists); nothing to resume")
-        cfg = load_config(run_dir / "config.yaml")
-        resume = (run_dir / runs.STATE).is_dir()
-    else:
-        cfg = load_config(args.config, overrides)
-        run_dir = cfg.run_dir()
-        resume = False
-        if cfg.output.dir is None:  # a default name never clobbers: runs/x, runs/x-2, runs/x-3 ...
-            stem, n = run_dir, 1
-            while run_dir.exists() and any(run_dir.iterdir()):
-                n += 1
-                run_dir = stem.with_name(f"{stem.name}-{n}")
-            cfg.output.dir = str(run_dir)
-        if run_dir.exists() and any(run_dir.iterdir()) and not cfg.output.overwrite:
-            finished = (run_dir / "summary.json").is_file()
-            hint = "pick another --output.dir or add --output.overwrite true" if finished else \
-                f"continue it with tunelab train --resume {run_dir}, or add --output.overwrite true"
-            raise UserError(f"{run_dir} already holds a {'finished' if finished else 'started'} run; {hint}")
+        return load_config(run_dir / "config.yaml"), run_dir, (run_dir / runs.STATE).is_dir()
+    cfg = load_config(args.config, overrides)
+    run_dir = cfg.run_dir()
+    if cfg.output.dir is None:  # a default name never clobbers: runs/x, runs/x-2, runs/x-3 ...
+        stem, n = run_dir, 1
+        while run_dir.exists() and any(run_dir.iterdir()):
+            n += 1
+            run_dir = stem.with_name(f"{stem.name}-{n}")
+        cfg.output.dir = str(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.output.overwrite:
+        finished = (run_dir / "summary.json").is_file()
+        hint = "pick another --output.dir or add --output.overwrite true" if finished else \
+            f"continue it with tunelab train --resume {run_dir}, or add --output.overwrite true"
+        raise UserError(f"{run_dir} already holds a {'finished' if finished else 'started'} run; {hint}")
+    return cfg, run_dir, False
 
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from filelock import FileLock, Timeout
+
+    from tunelab import runs
+    from tunelab.build import prepare
+    from tunelab.config import to_yaml
+    from tunelab.train import train
+
+    cfg, run_dir, resume = train_target(args, extra)
     # Every check on the input happens before anything is written. A resumed run reads back
     # the files it saved (the LSTM's vocabulary).
     prepared = prepare(cfg, run_dir if args.resume else None)
@@ -95,7 +100,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             summary = train(cfg, prepared, run_dir, resume=resume)
     except Timeout:
         raise UserError(f"another tunelab process is writing {run_dir}; wait for it or pick another --output.dir") from None
-    print(f"{format_metrics(summary['test'], 'test')}  train time {summary['train_time_s']:.0f}s  -> {run_dir / 'summary.json'}")
+    print(f"{format_metrics(summary.test, 'test')}  train time {summary.train_time_s:.0f}s  -> {run_dir / 'summary.json'}")
     return 0
 
 
@@ -145,7 +150,7 @@ def cmd_params(args: argparse.Namespace, extra: list[str]) -> int:
     from tunelab.params import count_for, format_counts
 
     cfg = config_from_picks(args, extra)
-    result = count_for(cfg.model, cfg.method, num_labels=args.labels)
+    result = count_for(cfg, num_labels=args.labels)
     print(json.dumps(result) if args.json else format_counts(result))
     return 0
 
@@ -184,8 +189,7 @@ def cmd_profile(args: argparse.Namespace, extra: list[str]) -> int:
     from tunelab.profile import format_profile, profile_model
 
     cfg = config_from_picks(args, extra)
-    default_len = getattr(cfg.task, "max_length", None) or getattr(cfg.task, "block_size", None)
-    seq_len = default_len if args.seq_len is None else args.seq_len
+    seq_len = cfg.task.input_length if args.seq_len is None else args.seq_len
     batch_size = cfg.train.batch_size if args.batch_size is None else args.batch_size
     if batch_size < 1 or seq_len < 1:
         raise UserError(f"--batch-size and --seq-len must be at least 1 (got {batch_size} and {seq_len})")
@@ -241,7 +245,15 @@ def cmd_fetch(args: argparse.Namespace, extra: list[str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tunelab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add_run_commands(sub)
+    add_comparison_commands(sub)
+    add_inspection_commands(sub)
+    add_generate_command(sub)
+    add_catalog_commands(sub)
+    return parser
 
+
+def add_run_commands(sub) -> None:
     p = sub.add_parser("train", help="train one run; options come from --config and --section.key overrides")
     p.add_argument("--config", help="YAML config file (see configs/)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last snapshot")
@@ -259,14 +271,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per text, with every label's probability")
     p.set_defaults(func=cmd_predict)
 
+
+def method_help() -> str:
+    from tunelab.methods import METHODS
+
+    return f"method name ({', '.join(METHODS.names())}); its options as --method.KEY VALUE"
+
+
+def add_inspection_commands(sub) -> None:
     p = sub.add_parser("params", help="trainable / added / total parameters of a model + method, without training")
     p.add_argument("--model", help="catalog name, local directory or hub id (only its config is read)")
-    p.add_argument("--method", help="method name; its options as --method.KEY VALUE")
+    p.add_argument("--method", help=method_help())
     p.add_argument("--config", help="take model and method from a YAML config")
     p.add_argument("--labels", type=int, default=2, help="classifier outputs, for encoders (default 2)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_params)
 
+    p = sub.add_parser("profile", help="memory of one training step (weights, gradients, optimizer, activations)")
+    p.add_argument("--model", help="catalog name, local directory or hub id (random weights of its shape)")
+    p.add_argument("--method", help=method_help())
+    p.add_argument("--config", help="take model, method, batch size and max length from a YAML config")
+    p.add_argument("--batch-size", type=int, help="examples in the batch (default: the config's train.batch_size)")
+    p.add_argument("--seq-len", type=int, help="tokens per example (default: the config's task.max_length or block_size)")
+    p.add_argument("--cpu", action="store_true", help="measure on the CPU even where a GPU is present")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_profile)
+
+
+def add_comparison_commands(sub) -> None:
     p = sub.add_parser("compare", help="run every method on the same model, data and budget; write one report")
     p.add_argument("--config", help="comparison YAML (default: configs/minilm-l6/compare-rt-snippets.yaml)")
     p.add_argument("--methods", help="comma-separated subset of the config's methods, e.g. lora,prompt")
@@ -281,18 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="where the report goes (default: the one DIR given)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("profile", help="memory of one training step (weights, gradients, optimizer, activations)")
-    p.add_argument("--model", help="catalog name, local directory or hub id (random weights of its shape)")
-    p.add_argument("--method", help="method name; its options as --method.KEY VALUE")
-    p.add_argument("--config", help="take model, method, batch size and max length from a YAML config")
-    p.add_argument("--batch-size", type=int, help="examples in the batch (default: the config's train.batch_size)")
-    p.add_argument("--seq-len", type=int, help="tokens per example (default: the config's task.max_length or block_size)")
-    p.add_argument("--cpu", action="store_true", help="measure on the CPU even where a GPU is present")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_profile)
+
+def add_generate_command(sub) -> None:
+    from tunelab.tasks import causal_tasks
 
     p = sub.add_parser("generate", help="continue prompts with a base causal LM or a trained run (its method applied)")
-    p.add_argument("run_dir", nargs="?", help="a run directory of a causal-LM task (instruct, lm, summarization)")
+    p.add_argument("run_dir", nargs="?", help=f"a run directory of a causal-LM task ({', '.join(causal_tasks())})")
     p.add_argument("--model", help="a base model instead: catalog name, local directory or hub id")
     p.add_argument("--prompt", action="append", help="text to continue (repeatable)")
     p.add_argument("--prompts-file", help="more prompts, one per non-empty line")
@@ -310,17 +336,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print all results as JSON (prompt, completion), no streaming")
     p.set_defaults(func=cmd_generate, sample=False)
 
+
+def add_catalog_commands(sub) -> None:
     sub.add_parser("models", help="list the embedded models").set_defaults(func=cmd_catalog("model"))
     sub.add_parser("data", help="list the embedded datasets").set_defaults(func=cmd_catalog("dataset"))
     p = sub.add_parser("fetch", help="download, verify and convert embedded artifacts into the cache")
     p.add_argument("names", nargs="+")
     p.set_defaults(func=cmd_fetch)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tunelab import plugins
+
     argv = sys.argv[1:] if argv is None else argv
     try:
+        plugins.load_plugins()  # before the parser: plugin methods and tasks are named there too
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         if args.command not in ("compare", "report"):  # these two never load a model themselves

@@ -29,6 +29,8 @@ from pydantic import ValidationError
 from tunelab.config import (CompareConfig, RunConfig, deep_merge, describe_validation_error, load_config, read_yaml_mapping,
                             to_yaml, validate_config)
 from tunelab.errors import UserError
+from tunelab.methods import METHODS
+from tunelab.tasks import TASKS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "minilm-l6" / "compare-rt-snippets.yaml"
 """`tunelab compare` with no --config: every method on minilm-l6 and rt-snippets."""
@@ -67,12 +69,9 @@ class Plan:
 
 
 def registered_methods() -> list[str]:
-    """Every method a config can name. The config's method classes carry the same names as
-    ``tunelab.methods.REGISTRY`` (a test checks) and, unlike it, do not import torch into the
-    comparison's own process, which only starts the runs."""
-    from tunelab.config import METHOD_CLASSES
-
-    return list(METHOD_CLASSES)
+    """Every method a config can name (the registry imports no method module, so no torch
+    comes into the comparison's own process, which only starts the runs)."""
+    return METHODS.names()
 
 
 def load_compare_config(path: str | Path | None, overrides: dict[str, Any] | None = None,
@@ -85,15 +84,12 @@ def load_compare_config(path: str | Path | None, overrides: dict[str, Any] | Non
         raise UserError(f"comparison config not found: {path}{hint}")
     raw = read_yaml_mapping(path, "model, data, task, train, eval, methods, seeds, output")
     if quick:
-        from tunelab.config import TASK_CLASSES
-
         task = raw.get("task") if isinstance(raw.get("task"), dict) else {}
-        fields = getattr(TASK_CLASSES.get(task.get("name", "classification")), "model_fields", {})
+        name = task.get("name", TASKS.default)
+        fields = TASKS.options(name).model_fields if name in TASKS.names() else {}
         length = {key: QUICK_LENGTH for key in ("max_length", "block_size") if key in fields}
         raw = deep_merge(raw, {**QUICK, "task": length})
     raw = deep_merge(raw, overrides or {})
-    if isinstance(raw.get("task"), dict) and "name" not in raw["task"]:
-        raw["task"] = {"name": "classification", **raw["task"]}
     try:
         cfg = CompareConfig.model_validate(raw)
     except ValidationError as exc:
@@ -283,6 +279,57 @@ def last_error_line(log_file: Path) -> str:
     return (errors or lines or ["(no output)"])[-1][:300]
 
 
+class Bars:
+    """Two progress bars: runs of the comparison, and steps of the run in progress."""
+
+    def __init__(self, total_runs: int, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.runs = tqdm(total=total_runs, desc="compare", unit="run", position=0, disable=not enabled,
+                         dynamic_ncols=True)
+        self.steps = tqdm(total=1, unit="step", position=1, leave=False, disable=not enabled, dynamic_ncols=True)
+        self.key = ""
+
+    def start(self, key: str, state: str) -> None:
+        self.key = key
+        self.runs.set_postfix_str(f"{key} ({'resuming' if state == 'resume' else 'starting'})")
+        self.steps.reset(total=1)
+        self.steps.set_description(key)
+
+    def step(self, step: int, total: int) -> None:
+        if self.steps.total != total:
+            self.steps.reset(total=total)
+        self.steps.n = step
+        self.steps.refresh()
+        self.runs.set_postfix_str(f"{self.key} step {step}/{total}", refresh=True)
+
+    def close(self) -> None:
+        self.steps.close()
+        self.runs.close()
+
+
+def run_one(plan: Plan, run: PlannedRun, state: str, bars: Bars) -> str:
+    """Train one planned run in its own process; `done` or `failed: <its last error line>`."""
+    from tqdm.auto import tqdm
+
+    from tunelab import runs as run_files
+
+    key = run.run_dir.name
+    config_file = plan.directory / "configs" / f"{key}.yaml"
+    run_files.atomic_write_text(config_file, to_yaml(run.config))
+    bars.start(key, state)
+    started = time.perf_counter()
+    log_file = plan.directory / "logs" / f"{key}.log"
+    code = run_child(train_command(run, state, config_file), log_file, bars.step)
+    if code == 130:
+        raise KeyboardInterrupt
+    if code == 0 and (run.run_dir / "summary.json").is_file():
+        return "done"
+    line = last_error_line(log_file)
+    tqdm.write(f"{key} failed after {time.perf_counter() - started:.0f}s (exit {code}): {line}", file=sys.stderr)
+    return f"failed: {line}"
+
+
 def run_comparison(plan: Plan, progress: bool = True) -> tuple[dict[str, str], dict[str, Any]]:
     """Run every planned run not yet finished, one process at a time; then write the report.
 
@@ -290,7 +337,6 @@ def run_comparison(plan: Plan, progress: bool = True) -> tuple[dict[str, str], d
     :func:`tunelab.report.write_report` returns.
     """
     from filelock import FileLock, Timeout
-    from tqdm.auto import tqdm
 
     from tunelab import report, runs as run_files
 
@@ -307,42 +353,12 @@ def run_comparison(plan: Plan, progress: bool = True) -> tuple[dict[str, str], d
         (plan.directory / "configs").mkdir(exist_ok=True)
         (plan.directory / "logs").mkdir(exist_ok=True)
         outcome: dict[str, str] = {}
-        runs_bar = tqdm(total=len(plan.runs), desc="compare", unit="run", position=0, disable=not progress,
-                        dynamic_ncols=True)
-        step_bar = tqdm(total=1, unit="step", position=1, leave=False, disable=not progress, dynamic_ncols=True)
+        bars = Bars(len(plan.runs), progress)
         for run in plan.runs:
-            key = run.run_dir.name
             state = states[run.run_dir]
-            if state == "done":
-                outcome[key] = "skipped"
-                runs_bar.update(1)
-                continue
-            config_file = plan.directory / "configs" / f"{key}.yaml"
-            run_files.atomic_write_text(config_file, to_yaml(run.config))
-            runs_bar.set_postfix_str(f"{key} ({'resuming' if state == 'resume' else 'starting'})")
-            step_bar.reset(total=1)
-            step_bar.set_description(key)
-
-            def on_progress(step: int, total: int) -> None:
-                if step_bar.total != total:
-                    step_bar.reset(total=total)
-                step_bar.n = step
-                step_bar.refresh()
-                runs_bar.set_postfix_str(f"{key} step {step}/{total}", refresh=True)
-
-            started = time.perf_counter()
-            code = run_child(train_command(run, state, config_file), plan.directory / "logs" / f"{key}.log", on_progress)
-            if code == 130:
-                raise KeyboardInterrupt
-            if code == 0 and (run.run_dir / "summary.json").is_file():
-                outcome[key] = "done"
-            else:
-                line = last_error_line(plan.directory / "logs" / f"{key}.log")
-                outcome[key] = f"failed: {line}"
-                tqdm.write(f"{key} failed after {time.perf_counter() - started:.0f}s (exit {code}): {line}", file=sys.stderr)
-            runs_bar.update(1)
-        step_bar.close()
-        runs_bar.close()
+            outcome[run.run_dir.name] = "skipped" if state == "done" else run_one(plan, run, state, bars)
+            bars.runs.update(1)
+        bars.close()
         failed = {k: v for k, v in outcome.items() if v.startswith("failed")}
         if len(failed) == len(plan.runs):
             first = next(iter(failed.items()))

@@ -37,7 +37,7 @@ def evaluate_run(run_dir: Path, split: str = "test") -> dict[str, Any]:
 
     cfg, prepared = rebuild_run(run_dir)
     accelerator = make_accelerator(cfg)
-    loader = DataLoader(prepared.splits[split], batch_size=cfg.eval.batch_size, collate_fn=prepared.task.collator(prepared))
+    loader = DataLoader(prepared.splits[split], batch_size=cfg.eval.batch_size, collate_fn=prepared.collate)
     model, loader = accelerator.prepare(prepared.model, loader)
     return {"split": split, **prepared.task.evaluate(model, loader, accelerator, prepared, split)}
 
@@ -47,22 +47,20 @@ def predict_run(run_dir: Path, texts: list[str]) -> list[dict[str, Any]]:
     """The predicted label of each text with its softmax probability (and every label's), for a
     classification run (an encoder with a head, or the LSTM)."""
     from tunelab.errors import UserError
-    from tunelab.tasks import classification
 
     if not texts:
         raise UserError("give at least one text to classify, e.g. tunelab predict RUN_DIR \"a gripping film\"")
     cfg, prepared = rebuild_run(run_dir)
-    if cfg.task.name != "classification":
+    if prepared.encode_texts is None:
         raise UserError(f"predict needs a classification run; {run_dir} is a {cfg.task.name} run")
     if cfg.data.text_pair_column:
         raise UserError(f"{run_dir} classifies text pairs ({cfg.data.text_column}, {cfg.data.text_pair_column}); "
                         "predict takes single texts")
     model = prepared.model.eval()
-    collate = classification.collator(prepared)
-    features = classification.encode_texts(prepared.tokenizer, texts, cfg.task.max_length)
+    features = prepared.encode_texts(texts)
     results = []
     for start in range(0, len(features), cfg.eval.batch_size):
-        batch = collate(features[start:start + cfg.eval.batch_size])
+        batch = prepared.collate(features[start:start + cfg.eval.batch_size])
         probs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).softmax(-1)  # (B, labels)
         for row in probs:
             best = int(row.argmax())

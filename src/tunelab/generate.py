@@ -20,9 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from transformers import GenerationConfig, PreTrainedTokenizerBase, TextStreamer, set_seed
 
 from tunelab.errors import UserError
+from tunelab.tasks import causal_tasks
 
-CAUSAL_TASKS = ("instruct", "lm", "summarization")
-"""Run tasks trained on a causal LM, whose runs can generate."""
 SAMPLING_ONLY = ("temperature", "top_k", "top_p")
 """Options that change nothing under greedy decoding."""
 
@@ -90,15 +89,10 @@ def device(cpu: bool = False) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
 
 
-def is_causal_lm(model_config) -> bool:
-    """Whether a model's saved config names a causal-LM architecture (absent: assume it does)."""
-    architectures = getattr(model_config, "architectures", None) or []
-    return not architectures or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
-
-
 def load_base(name: str) -> Generator:
     """A base causal LM (catalog name, local directory or hub id) as it was pretrained."""
     from tunelab.config import ModelConfig
+    from tunelab.models.families import is_causal_lm
     from tunelab.models.loading import load_causal_lm, load_config, load_tokenizer
 
     model_cfg = ModelConfig(name=name)
@@ -114,9 +108,9 @@ def load_run(run_dir: Path) -> Generator:
 
     if (run_dir / "config.yaml").is_file():  # the cheap check first: rebuilding loads data and weights
         task = load_config(run_dir / "config.yaml").task.name
-        if task not in CAUSAL_TASKS:
+        if task not in causal_tasks():
             raise UserError(f"{run_dir} is a {task} run; generate needs a run on a causal LM "
-                            f"(task {', '.join(CAUSAL_TASKS)})")
+                            f"(task {', '.join(causal_tasks())})")
     cfg, prepared = rebuild_run(run_dir)
     return Generator(prepared.model.to(device(cfg.train.cpu)).eval(), prepared.tokenizer, cfg, prepared.extras)
 
@@ -150,13 +144,13 @@ def render_prompt(generator: Generator, prompt: str) -> str:
 
 def encode(generator: Generator, text: str, max_new_tokens: int) -> list[int]:
     """Token ids of a prompt, refused when empty or when it and the new tokens overflow the context."""
-    from tunelab.build import context_limit
+    from tunelab.models.families import context_limit
 
     ids = generator.tokenizer(text)["input_ids"]
     if not ids:
         raise UserError(f"prompt {text!r} tokenizes to nothing; give some text")
     limit = context_limit(generator.model.config)
-    virtual = getattr(generator.cfg.method, "num_virtual_tokens", 0) if generator.cfg is not None else 0
+    virtual = generator.cfg.method.virtual_tokens if generator.cfg is not None else 0
     if limit is not None and len(ids) + virtual + max_new_tokens > limit:
         raise UserError(f"prompt of {len(ids)} tokens + --max-new-tokens {max_new_tokens}"
                         f"{f' + {virtual} virtual tokens' if virtual else ''} exceeds the model's {limit} positions; "

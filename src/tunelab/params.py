@@ -10,46 +10,25 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from transformers import AutoModel, AutoModelForCausalLM
-
-from tunelab.config import ModelConfig
-from tunelab.errors import UserError
-from tunelab.methods import apply_method
+from tunelab.build import model_from_config, refuse_self_built
+from tunelab.config import RunConfig
 from tunelab.methods.common import count_parameters
-from tunelab.models.loading import family, load_config
-from tunelab.tasks.classification import SequenceClassifier
+from tunelab.models.families import family_of, is_causal_lm
+from tunelab.models.loading import load_config
 
 
-def is_causal_lm(hf_config) -> bool:
-    architectures = getattr(hf_config, "architectures", None) or []
-    return any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in architectures) or \
-        hf_config.model_type in ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")
-
-
-def count_for(model_cfg: ModelConfig, method_cfg, num_labels: int = 2) -> dict[str, Any]:
-    if method_cfg.name == "lstm":
-        raise UserError("the LSTM's size depends on the vocabulary built from its training data; train it "
-                        "(tunelab train --config configs/lstm/...) and read trainable_params in summary.json")
-    hf_config = load_config(model_cfg)
+def count_for(cfg: RunConfig, num_labels: int = 2) -> dict[str, Any]:
+    """Counts for the config's model and method: a causal LM as it is, an encoder with a
+    classifier of ``num_labels``."""
+    refuse_self_built(cfg)
+    hf_config = load_config(cfg.model)
     causal = is_causal_lm(hf_config)
-    with torch.device("meta"):
-        if causal:
-            model = AutoModelForCausalLM.from_config(hf_config)
-        else:
-            model = AutoModel.from_config(hf_config)  # as `tunelab train` loads it
-        base_total = sum(p.numel() for p in model.parameters())
-        arch = family(model)
-        if not causal:
-            model = SequenceClassifier(model, num_labels)
-        if getattr(method_cfg, "init", None) == "text":
-            # The soft prompt's values do not change its size; skip loading a tokenizer.
-            method_cfg = method_cfg.model_copy(update={"init": "random"})
-        apply_method(model, method_cfg, arch)
+    model, base_total = model_from_config(cfg, hf_config, causal, num_labels, device="meta")
     counts = count_parameters(model, base_total)
     trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return {"model": model_cfg.name, "family": arch, "task": "causal LM" if causal else f"classification ({num_labels} labels)",
-            "method": method_cfg.model_dump(), **counts.as_dict(), "base_params": base_total,
+    return {"model": cfg.model.name, "family": family_of(hf_config).name,
+            "task": "causal LM" if causal else f"classification ({num_labels} labels)",
+            "method": cfg.method.model_dump(), **counts.as_dict(), "base_params": base_total,
             "checkpoint_bytes": trainable_bytes}
 
 

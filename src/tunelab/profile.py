@@ -41,8 +41,9 @@ def trainable_bytes(model: nn.Module) -> int:
 
 
 def measure_step(model: nn.Module, batch: dict[str, torch.Tensor],
-                 loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]) -> dict[str, Any]:
-    """Run one forward and backward of ``loss_fn(model, batch)`` and return the breakdown in bytes.
+                 loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, Any]]) -> dict[str, Any]:
+    """Run one forward and backward of a task's loss (``loss_fn(model, batch)``, which returns
+    the loss and the batch's counts) and return the breakdown in bytes.
 
     The step leaves no trace: the random number generators are restored (dropout draws the
     same masks in the real step that follows) and the gradients are put back as they were, so
@@ -69,7 +70,7 @@ def measure_step(model: nn.Module, batch: dict[str, torch.Tensor],
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            loss = loss_fn(model, batch)
+            loss, _ = loss_fn(model, batch)
         if cuda:
             result["cuda_forward_peak_bytes"] = torch.cuda.max_memory_allocated(device)
         if loss.requires_grad:  # nothing to train (zero-shot) means no backward
@@ -104,42 +105,32 @@ def measure_step(model: nn.Module, batch: dict[str, torch.Tensor],
 
 def profile_model(cfg, batch_size: int, seq_len: int, num_labels: int = 2, cpu: bool = False) -> dict[str, Any]:
     """Build the model of a run config from its model config alone (random weights: memory does
-    not depend on the values), apply the method as training does, and measure one step on
-    random tokens: a classifier for `classification`, the causal LM with its token loss for the
-    causal tasks (instruct, lm, summarization)."""
-    from transformers import AutoModel, AutoModelForCausalLM
+    not depend on the values), apply the method as training does, and measure one step of the
+    task's loss on random tokens: a classifier for `classification`, the causal LM with every
+    token predicted for the causal tasks (instruct, lm, summarization)."""
+    from tunelab.build import model_from_config, refuse_self_built
+    from tunelab.models.loading import check_context_length, load_config
+    from tunelab.tasks import TASKS
 
-    from tunelab.build import check_context_length
-    from tunelab.methods import apply_method
-    from tunelab.models.loading import family, load_config
-    from tunelab.tasks import causal, classification
-
+    refuse_self_built(cfg)
     hf_config = load_config(cfg.model)
     check_context_length(cfg, hf_config, seq_len, key="--seq-len")
-    method_cfg = cfg.method
-    if getattr(method_cfg, "init", None) == "text":
-        # The soft prompt's initial values do not change its memory; skip loading a tokenizer.
-        method_cfg = method_cfg.model_copy(update={"init": "random"})
-    torch.manual_seed(0)
+    model, _ = model_from_config(cfg, hf_config, cfg.task.causal, num_labels)
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, hf_config.vocab_size, (batch_size, seq_len), generator=generator)
     batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-    if cfg.task.name == "classification":
-        backbone = AutoModel.from_config(hf_config, dtype=torch.float32)
-        model = classification.SequenceClassifier(backbone, num_labels)
-        batch["labels"] = torch.randint(0, num_labels, (batch_size,), generator=generator)
-        loss_fn = classification.training_loss
-    else:
-        backbone = model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    if cfg.task.causal:
         batch["labels"] = input_ids.clone()  # every token predicted, as in language modeling
-        loss_fn = causal.mean_token_loss
-    apply_method(model, method_cfg, family(backbone))
+        loss_fn = TASKS.load("lm").loss
+    else:
+        batch["labels"] = torch.randint(0, num_labels, (batch_size,), generator=generator)
+        loss_fn = TASKS.load("classification").loss
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
     model.to(device).train()
     result = measure_step(model, {k: v.to(device) for k, v in batch.items()}, loss_fn)
     counts = {"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "total_params": sum(p.numel() for p in model.parameters())}
-    return {"model": cfg.model.name, "method": method_cfg.name, "task": cfg.task.name, **counts, **result}
+    return {"model": cfg.model.name, "method": cfg.method.name, "task": cfg.task.name, **counts, **result}
 
 
 def format_profile(result: dict[str, Any]) -> str:

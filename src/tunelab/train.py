@@ -1,9 +1,15 @@
-"""The one training loop, for every method, on Hugging Face Accelerate.
+"""The one training loop, for every method and task, on Hugging Face Accelerate.
 
 AdamW over the trainable parameters, linear warm-up and decay, gradient clipping, gradient
 accumulation, validation every epoch (and optionally every N steps), the best-validation
 checkpoint, early stopping, and a resumable snapshot at every validation. ``accelerate launch``
 runs it unchanged on several GPUs or nodes.
+
+It reads top to bottom: :func:`train` sets up (:func:`setup`), runs epochs of
+:func:`train_step` with :func:`validate` in between, and :func:`finish` tests the best
+checkpoint and writes the summary. Where the loop is lives in one :class:`TrainState`, saved
+and restored whole. The task gives the batches, the loss and the metrics; nothing here knows
+which task or method it runs.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import math
 import resource
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +29,75 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from tunelab import profile, runs, tasks
-from tunelab.build import Prepared
 from tunelab.config import RunConfig
 from tunelab.errors import UserError
 from tunelab.methods.common import inference_state, load_trainable_state, trainable_state
+from tunelab.summary import Summary
+from tunelab.tasks import Prepared
 
 LOG_EVERY_STEPS = 10
+COUNTS = ("examples", "tokens")
+"""Entries of a task's loss metrics that count the batch; every other entry is a per-example sum."""
+
+
+@dataclass
+class TrainState:
+    """Where the loop is. Saved whole with every snapshot; ``--resume`` restores it."""
+
+    epoch: int = 0
+    batches_done: int = 0
+    """Micro-batches of the current epoch already trained (on this process)."""
+    step: int = 0
+    """Optimizer steps taken."""
+    best: float | None = None
+    """The best validation value of the select metric so far."""
+    best_step: int | None = None
+    best_epoch: float | None = None
+    best_validation: dict[str, Any] | None = None
+    bad_evals: int = 0
+    """Validations in a row without improvement (early stopping)."""
+    last_eval_step: int = -1
+    stopped_early: bool = False
+    train_tokens: int = 0
+    train_seconds: float = 0.0
+    """Time inside training steps only: what tokens/s is measured against."""
+    loop_seconds: float = 0.0
+    """Time in the loop, validations included, up to the last snapshot."""
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    """The epoch's running sums: train loss times examples, examples, task metrics."""
+    memory: dict[str, Any] | None = None
+    """The first training step's memory breakdown (tunelab.profile)."""
+    before: dict[str, Any] | None = None
+    """What the task measured of the base model before training."""
+
+
+@dataclass
+class Loop:
+    """What the phases share: set up once, never saved (the state is)."""
+
+    cfg: RunConfig
+    prepared: Prepared
+    run_dir: Path
+    accelerator: Accelerator
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: DataLoader
+    valid_loader: DataLoader
+    test_loader: DataLoader
+    total_steps: int
+    select_metric: str
+    higher_is_better: bool
+    clock: float = 0.0
+    """perf_counter value the loop's time counts from (moved back by a resumed run's time)."""
+    bar: Any = None
+    window: list[float] = field(default_factory=list)
+    """Train losses since the last log line."""
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
@@ -43,189 +113,201 @@ def peak_memory(accelerator: Accelerator) -> dict[str, Any]:
     return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_memory_kind": "cpu_peak_rss"}
 
 
-def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = False,
-          accelerator: Accelerator | None = None) -> dict[str, Any]:
-    """Train, keep the best-validation checkpoint, evaluate it on test, write summary.json."""
-    started = time.perf_counter()
-    accelerator = accelerator or make_accelerator(cfg)
+def make_loaders(cfg: RunConfig, prepared: Prepared) -> tuple[DataLoader, DataLoader, DataLoader]:
+    collate, splits = prepared.collate, prepared.splits
+    return (DataLoader(splits["train"], batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate),
+            DataLoader(splits["validation"], batch_size=cfg.eval.batch_size, collate_fn=collate),
+            DataLoader(splits["test"], batch_size=cfg.eval.batch_size, collate_fn=collate))
+
+
+def setup(cfg: RunConfig, prepared: Prepared, run_dir: Path, accelerator: Accelerator) -> Loop:
+    """Loaders, optimizer and schedule, all handed to Accelerate."""
     tc = cfg.train
-    task = prepared.task
-    collate = task.collator(prepared)
-    train_loader = DataLoader(prepared.splits["train"], batch_size=tc.batch_size, shuffle=True, collate_fn=collate)
-    valid_loader = DataLoader(prepared.splits["validation"], batch_size=cfg.eval.batch_size, collate_fn=collate)
-    test_loader = DataLoader(prepared.splits["test"], batch_size=cfg.eval.batch_size, collate_fn=collate)
     params = [p for p in prepared.model.parameters() if p.requires_grad]
     # Method `none` trains nothing: the loop is skipped and the base model is evaluated as is.
     optimizer = torch.optim.AdamW(params or [torch.nn.Parameter(torch.zeros(1))], lr=tc.lr, weight_decay=tc.weight_decay)
-    model, optimizer, train_loader, valid_loader, test_loader = accelerator.prepare(
-        prepared.model, optimizer, train_loader, valid_loader, test_loader)
-
-    steps_per_epoch = math.ceil(len(train_loader) / tc.grad_accum)
+    model, optimizer, *loaders = accelerator.prepare(prepared.model, optimizer, *make_loaders(cfg, prepared))
+    steps_per_epoch = math.ceil(len(loaders[0]) / tc.grad_accum)
     total_steps = min(tc.max_steps or math.inf, tc.epochs * steps_per_epoch) if params else 0
     # Not passed to accelerator.prepare: we step it once per optimizer step ourselves.
     scheduler = get_linear_schedule_with_warmup(optimizer, round(tc.warmup_ratio * total_steps), total_steps)
-
-    progress: dict[str, Any] = {"epoch": 0, "batches_done": 0, "step": 0, "best": None, "best_step": None,
-                                "best_epoch": None, "bad_evals": 0, "train_tokens": 0, "train_seconds": 0.0,
-                                "loop_seconds": 0.0, "last_eval_step": -1, "stopped_early": False,
-                                "epoch_loss_sum": 0.0, "epoch_hits": 0, "epoch_examples": 0}
-    if resume:
-        tensors, saved = runs.load_state(run_dir, optimizer, scheduler)
-        progress.update(saved)
-        load_trainable_state(accelerator.unwrap_model(model), tensors)
-    elif hasattr(task, "before_training"):  # e.g. the base model's perplexity, kept for the summary
-        progress["before"] = task.before_training(model, accelerator, prepared, test_loader)
-
     select_metric, higher_is_better = tasks.select_metric(cfg)
-    hits_counted = hasattr(task, "per_example")  # tasks whose examples are right or wrong
+    return Loop(cfg, prepared, run_dir, accelerator, model, params, optimizer, scheduler, *loaders,
+                total_steps=total_steps, select_metric=select_metric, higher_is_better=higher_is_better)
 
-    def validate() -> bool:
-        """Evaluate on validation, keep the best checkpoint, snapshot; True means stop early."""
-        metrics = task.evaluate(model, valid_loader, accelerator, prepared, "validation")
-        epoch_float = progress["epoch"] + progress["batches_done"] / max(len(train_loader), 1)
-        record = {"split": "validation", "step": progress["step"], "epoch": round(epoch_float, 4), **metrics}
-        score = metrics[select_metric]
-        best = progress["best"]
-        improved = best is None or (score > best if higher_is_better else score < best)
-        if accelerator.is_main_process:
-            runs.append_metrics(run_dir, record)
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-            bar.write(f"epoch {epoch_float:.2f} step {progress['step']}: validation {shown}", file=sys.stderr)
-        if improved:
-            progress.update(best=score, best_step=progress["step"], best_epoch=round(epoch_float, 4), bad_evals=0,
-                            best_validation=metrics)
-            if accelerator.is_main_process:
-                runs.save_checkpoint(run_dir, inference_state(accelerator.unwrap_model(model)),
-                                     {"method": cfg.method.name, "step": progress["step"], "validation": metrics})
-        else:
-            progress["bad_evals"] += 1
-        progress["last_eval_step"] = progress["step"]
-        if accelerator.is_main_process:
-            runs.save_state(run_dir, trainable_state(accelerator.unwrap_model(model)), optimizer, scheduler, progress)
-        accelerator.wait_for_everyone()
-        return tc.patience is not None and progress["bad_evals"] >= tc.patience
 
-    bar = tqdm(total=total_steps, initial=progress["step"], desc=cfg.method.name, unit="step",
-               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    model.train()
-    stop = progress["stopped_early"] or progress["step"] >= total_steps
-    if not params:
-        validate()  # the untrained model's validation numbers stand as its "best"
-    loop_start = time.perf_counter() - progress["loop_seconds"]
-    while not stop and progress["epoch"] < tc.epochs:
-        train_loader.set_epoch(progress["epoch"])
-        epoch_loader = train_loader
-        resumed_rng = None
-        if progress["batches_done"]:
-            epoch_loader = accelerator.skip_first_batches(train_loader, progress["batches_done"])
-            # Starting a loader draws a seed from the global RNG. The uninterrupted run drew it when
-            # the epoch began, before the snapshot; put the snapshot's state back at the first
-            # batch so dropout masks match.
-            resumed_rng = torch.get_rng_state()
-        window_loss, window_batches = 0.0, 0
-        for batch in epoch_loader:
-            if resumed_rng is not None:
-                torch.set_rng_state(resumed_rng)
-                resumed_rng = None
-            if progress.get("memory") is None:  # once per run, before the first step changes anything
-                progress["memory"] = profile.measure_step(model, batch, task.training_loss)
-            step_start = time.perf_counter()
-            with accelerator.accumulate(model):
-                if hits_counted:  # classification: also count right answers, for the epoch's train accuracy
-                    losses, correct = task.per_example(model, batch)
-                    loss = losses.mean()
-                else:
-                    loss, correct = task.training_loss(model, batch), None
-                if not torch.isfinite(loss):
-                    raise UserError(f"the loss became {loss.item()} at step {progress['step']}; "
-                                    f"the last good checkpoint is kept in {run_dir / runs.CHECKPOINT}")
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and tc.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(params, tc.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            progress["batches_done"] += 1
-            progress["train_tokens"] += int(batch["attention_mask"].sum().item()) * accelerator.num_processes
-            progress["train_seconds"] += time.perf_counter() - step_start
-            window_loss += loss.item()
-            window_batches += 1
-            # Running train loss (and accuracy) of the epoch: this process's batches, dropout on.
-            rows = batch["input_ids"].shape[0]
-            progress["epoch_loss_sum"] += loss.item() * rows
-            progress["epoch_examples"] += rows
-            if correct is not None:
-                progress["epoch_hits"] += int(correct.sum().item())
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            progress["step"] += 1
-            bar.update(1)
-            tokens_per_s = progress["train_tokens"] / max(progress["train_seconds"], 1e-9)
-            bar.set_postfix(epoch=progress["epoch"] + 1, loss=f"{window_loss / window_batches:.4f}", tok_s=f"{tokens_per_s:.0f}")
-            if progress["step"] % LOG_EVERY_STEPS == 0 and accelerator.is_main_process:
-                runs.append_metrics(run_dir, {"split": "train", "step": progress["step"], "loss": window_loss / window_batches,
-                                              "lr": scheduler.get_last_lr()[0], "tokens_per_second": tokens_per_s})
-                window_loss, window_batches = 0.0, 0
-            if tc.eval_every_steps and progress["step"] % tc.eval_every_steps == 0:
-                progress["loop_seconds"] = time.perf_counter() - loop_start
-                stop = validate()
-            if progress["step"] >= total_steps:
-                stop = True
-            if stop:
-                break
-        if progress["batches_done"] >= len(train_loader):  # the epoch ran to its end
-            progress["epoch"] += 1
-            progress["batches_done"] = 0
-            n = max(progress["epoch_examples"], 1)
-            record = {"split": "train_epoch", "step": progress["step"], "epoch": progress["epoch"],
-                      "loss": progress["epoch_loss_sum"] / n}
-            if hits_counted:
-                record["accuracy"] = progress["epoch_hits"] / n
-            if accelerator.is_main_process:
-                runs.append_metrics(run_dir, record)
-                bar.write(f"epoch {record['epoch']} step {record['step']}: train "
-                          + "  ".join(f"{k} {record[k]:.4f}" for k in ("loss", "accuracy") if k in record), file=sys.stderr)
-            progress.update(epoch_loss_sum=0.0, epoch_hits=0, epoch_examples=0)
-        if progress["last_eval_step"] != progress["step"]:
-            progress["loop_seconds"] = time.perf_counter() - loop_start
-            stop = validate() or stop
-        progress["stopped_early"] = bool(tc.patience and progress["bad_evals"] >= tc.patience)
-    bar.close()
-    loop_seconds = time.perf_counter() - loop_start
+def start_state(loop: Loop, resume: bool) -> TrainState:
+    """A fresh state (with the base model's numbers, where the task measures them), or the
+    snapshot's state with its tensors, optimizer, schedule and random generators."""
+    if not resume:
+        return TrainState(before=loop.prepared.task.before_training(loop.model, loop.accelerator, loop.prepared,
+                                                                    loop.test_loader))
+    tensors, saved = runs.load_state(loop.run_dir, loop.optimizer, loop.scheduler)
+    load_trainable_state(loop.accelerator.unwrap_model(loop.model), tensors)
+    return TrainState(**saved)
 
-    # Test the best-validation checkpoint, not the last weights.
-    unwrapped = accelerator.unwrap_model(model)
-    load_trainable_state(unwrapped, runs.load_tensors(run_dir / runs.CHECKPOINT / "model.safetensors"))
-    test = task.evaluate(model, test_loader, accelerator, prepared, "test")
-    after = task.after_training(model, accelerator, prepared) if hasattr(task, "after_training") else {}
-    best_validation = progress["best_validation"]
-    summary = {
-        "method": cfg.method.name, "model": cfg.model.name, "data": cfg.data.name, "task": cfg.task.name,
-        "primary_metric": task.PRIMARY_METRIC, "higher_is_better": task.HIGHER_IS_BETTER,
-        **{f"test_{k}": v for k, v in test.items()}, "test": test, "validation": best_validation,
-        "eval_loss": best_validation["loss"],
-        **{f"validation_{k}": v for k, v in best_validation.items() if k != "loss"},
-        "select_metric": select_metric, "best_step": progress["best_step"], "best_epoch": progress["best_epoch"],
-        "steps": progress["step"],
-        "stopped_early": progress["stopped_early"],
-        **prepared.counts.as_dict(),
-        "checkpoint_bytes": runs.checkpoint_bytes(run_dir),
-        "train_time_s": loop_seconds, "wall_time_s": time.perf_counter() - started,
-        "tokens_per_second": progress["train_tokens"] / max(progress["train_seconds"], 1e-9),
-        "train_examples": len(prepared.splits["train"]), "test_examples": len(prepared.splits["test"]),
-        "label_names": prepared.label_names,
-        **peak_memory(accelerator), "memory": progress.get("memory"),
-        "device": str(accelerator.device), "num_processes": accelerator.num_processes,
-        "versions": runs.versions(), "git_hash": runs.git_hash(),
-    }
-    before = progress.get("before") or {}
-    if before.get("test"):
-        summary["before"] = before["test"]
-        summary.update({f"test_{k}_before": v for k, v in before["test"].items()})
-    if accelerator.is_main_process and (before.get("samples") or after.get("samples")):
-        runs.write_json(run_dir / "samples.json", {"before": before.get("samples"), "after": after.get("samples")})
-    if accelerator.is_main_process:
-        runs.append_metrics(run_dir, {"split": "test", "step": progress["step"], **test})
-        runs.write_json(run_dir / "summary.json", summary)
+
+def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = False,
+          accelerator: Accelerator | None = None) -> Summary:
+    """Train, keep the best-validation checkpoint, evaluate it on test, write summary.json."""
+    started = time.perf_counter()
+    loop = setup(cfg, prepared, run_dir, accelerator or make_accelerator(cfg))
+    state = start_state(loop, resume)
+    loop.bar = tqdm(total=loop.total_steps, initial=state.step, desc=cfg.method.name, unit="step",
+                    disable=not loop.accelerator.is_local_main_process, dynamic_ncols=True)
+    loop.model.train()
+    stop = state.stopped_early or state.step >= loop.total_steps
+    loop.clock = time.perf_counter() - state.loop_seconds
+    if not loop.params:
+        validate(loop, state)  # the untrained model's validation numbers stand as its "best"
+    while not stop and state.epoch < cfg.train.epochs:
+        stop = run_epoch(loop, state)
+        if state.last_eval_step != state.step:
+            stop = validate(loop, state) or stop
+        state.stopped_early = bool(cfg.train.patience and state.bad_evals >= cfg.train.patience)
+    loop.bar.close()
+    state.loop_seconds = time.perf_counter() - loop.clock
+    return finish(loop, state, started)
+
+
+def run_epoch(loop: Loop, state: TrainState) -> bool:
+    """Train through the rest of the epoch; True when training should stop."""
+    loop.train_loader.set_epoch(state.epoch)
+    batches, resumed_rng = loop.train_loader, None
+    if state.batches_done:
+        batches = loop.accelerator.skip_first_batches(loop.train_loader, state.batches_done)
+        # Starting a loader draws a seed from the global RNG. The uninterrupted run drew it when
+        # the epoch began, before the snapshot; put the snapshot's state back at the first
+        # batch so dropout masks match.
+        resumed_rng = torch.get_rng_state()
+    loop.window, stop = [], False
+    for batch in batches:
+        if resumed_rng is not None:
+            torch.set_rng_state(resumed_rng)
+            resumed_rng = None
+        if state.memory is None:  # once per run, before the first step changes anything
+            state.memory = profile.measure_step(loop.model, batch, loop.prepared.task.loss)
+        if train_step(loop, state, batch) and after_step(loop, state):  # False: an accumulation goes on
+            stop = True
+            break
+    if state.batches_done >= len(loop.train_loader):  # the epoch ran to its end
+        end_epoch(loop, state)
+    return stop
+
+
+def train_step(loop: Loop, state: TrainState, batch: tasks.Batch) -> bool:
+    """Forward, backward and (once the accumulation is complete) an optimizer step; True when
+    the optimizer stepped."""
+    accelerator, started = loop.accelerator, time.perf_counter()
+    with accelerator.accumulate(loop.model):
+        loss, metrics = loop.prepared.task.loss(loop.model, batch)
+        if not torch.isfinite(loss):
+            raise UserError(f"the loss became {loss.item()} at step {state.step}; "
+                            f"the last good checkpoint is kept in {loop.run_dir / runs.CHECKPOINT}")
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and loop.cfg.train.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(loop.params, loop.cfg.train.max_grad_norm)
+        loop.optimizer.step()
+        loop.optimizer.zero_grad()
+    state.batches_done += 1
+    state.train_tokens += int(metrics["tokens"]) * accelerator.num_processes
+    state.train_seconds += time.perf_counter() - started
+    value = loss.item()
+    loop.window.append(value)
+    # The epoch's running train loss (and task metrics): this process's batches, dropout on.
+    sums = state.epoch_sums
+    sums["loss"] = sums.get("loss", 0.0) + value * metrics["examples"]
+    for key, amount in metrics.items():
+        if key != "tokens":
+            sums[key] = sums.get(key, 0.0) + float(amount)
+    return accelerator.sync_gradients
+
+
+def after_step(loop: Loop, state: TrainState) -> bool:
+    """Schedule, progress, the train log and step-wise validation; True when training should stop."""
+    loop.scheduler.step()
+    state.step += 1
+    loop.bar.update(1)
+    window_loss = sum(loop.window) / len(loop.window)
+    tokens_per_s = state.train_tokens / max(state.train_seconds, 1e-9)
+    loop.bar.set_postfix(epoch=state.epoch + 1, loss=f"{window_loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
+    if state.step % LOG_EVERY_STEPS == 0 and loop.main:
+        runs.append_metrics(loop.run_dir, {"split": "train", "step": state.step, "loss": window_loss,
+                                           "lr": loop.scheduler.get_last_lr()[0], "tokens_per_second": tokens_per_s})
+        loop.window = []
+    stop = False
+    if loop.cfg.train.eval_every_steps and state.step % loop.cfg.train.eval_every_steps == 0:
+        stop = validate(loop, state)
+    return stop or state.step >= loop.total_steps
+
+
+def end_epoch(loop: Loop, state: TrainState) -> None:
+    """Log the epoch's train loss and task metrics, and start the next epoch."""
+    state.epoch += 1
+    state.batches_done = 0
+    sums, n = state.epoch_sums, max(state.epoch_sums.get("examples", 0), 1)
+    record = {"split": "train_epoch", "step": state.step, "epoch": state.epoch,
+              **{key: value / n for key, value in sums.items() if key not in COUNTS}}
+    if loop.main:
+        runs.append_metrics(loop.run_dir, record)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("split", "step", "epoch"))
+        loop.bar.write(f"epoch {record['epoch']} step {record['step']}: train {shown}", file=sys.stderr)
+    state.epoch_sums = {}
+
+
+def validate(loop: Loop, state: TrainState) -> bool:
+    """Evaluate on validation, keep the best checkpoint, snapshot; True means stop early."""
+    state.loop_seconds = time.perf_counter() - loop.clock
+    metrics = loop.prepared.task.evaluate(loop.model, loop.valid_loader, loop.accelerator, loop.prepared, "validation")
+    epoch = round(state.epoch + state.batches_done / max(len(loop.train_loader), 1), 4)
+    score = metrics[loop.select_metric]
+    improved = state.best is None or (score > state.best if loop.higher_is_better else score < state.best)
+    unwrapped = loop.accelerator.unwrap_model(loop.model)
+    if loop.main:
+        runs.append_metrics(loop.run_dir, {"split": "validation", "step": state.step, "epoch": epoch, **metrics})
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        loop.bar.write(f"epoch {epoch:.2f} step {state.step}: validation {shown}", file=sys.stderr)
+    if improved:
+        state.best, state.best_step, state.best_epoch, state.best_validation = score, state.step, epoch, metrics
+        state.bad_evals = 0
+        if loop.main:
+            runs.save_checkpoint(loop.run_dir, inference_state(unwrapped),
+                                 {"method": loop.cfg.method.name, "step": state.step, "validation": metrics})
+    else:
+        state.bad_evals += 1
+    state.last_eval_step = state.step
+    if loop.main:
+        runs.save_state(loop.run_dir, trainable_state(unwrapped), loop.optimizer, loop.scheduler, asdict(state))
+    loop.accelerator.wait_for_everyone()
+    return loop.cfg.train.patience is not None and state.bad_evals >= loop.cfg.train.patience
+
+
+def finish(loop: Loop, state: TrainState, started: float) -> Summary:
+    """Test the best-validation checkpoint (not the last weights); write samples and the summary."""
+    cfg, prepared, run_dir, task = loop.cfg, loop.prepared, loop.run_dir, loop.prepared.task
+    load_trainable_state(loop.accelerator.unwrap_model(loop.model),
+                         runs.load_tensors(run_dir / runs.CHECKPOINT / "model.safetensors"))
+    test = task.evaluate(loop.model, loop.test_loader, loop.accelerator, prepared, "test")
+    after = task.after_training(loop.model, loop.accelerator, prepared)
+    before = state.before or {}
+    summary = Summary(
+        method=cfg.method.name, model=cfg.model.name, data=cfg.data.name, task=cfg.task.name,
+        primary_metric=cfg.task.primary_metric, higher_is_better=cfg.task.higher_is_better,
+        select_metric=loop.select_metric, test=test, validation=state.best_validation, before=before.get("test"),
+        best_step=state.best_step, best_epoch=state.best_epoch, steps=state.step, stopped_early=state.stopped_early,
+        trainable_params=prepared.counts.trainable, added_params=prepared.counts.added,
+        total_params=prepared.counts.total, trainable_percent=prepared.counts.trainable_percent,
+        checkpoint_bytes=runs.checkpoint_bytes(run_dir), train_time_s=state.loop_seconds,
+        wall_time_s=time.perf_counter() - started,
+        tokens_per_second=state.train_tokens / max(state.train_seconds, 1e-9),
+        train_examples=len(prepared.splits["train"]), test_examples=len(prepared.splits["test"]),
+        label_names=prepared.label_names, **peak_memory(loop.accelerator), memory=state.memory,
+        device=str(loop.accelerator.device), num_processes=loop.accelerator.num_processes,
+        versions=runs.versions(), git_hash=runs.git_hash())
+    if loop.main:
+        if before.get("samples") or after.get("samples"):
+            runs.write_json(run_dir / "samples.json", {"before": before.get("samples"), "after": after.get("samples")})
+        runs.append_metrics(run_dir, {"split": "test", "step": state.step, **test})
+        summary.write(run_dir)
         runs.remove_state(run_dir)
     return summary

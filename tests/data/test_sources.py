@@ -12,10 +12,12 @@ import pandas as pd
 import pytest
 from transformers import BertTokenizerFast
 
-from tunelab.config import ClassificationTask, DataConfig, SplitFractions
+from tunelab.config import DataConfig, SplitFractions
+from tunelab.tasks.options import ClassificationTask
 from tunelab.data.sources import load_splits, read_rt_snippets
 from tunelab.errors import UserError
-from tunelab.tasks.classification import check_columns, label_set, tokenize_splits
+from tunelab.data.labels import check_columns, label_set
+from tunelab.tasks.classification import tokenize_splits
 
 SPLITS = ("train", "validation", "test")
 

@@ -16,9 +16,9 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from tunelab.config import PrefixMethod, PromptMethod
+from tunelab.methods.options import PrefixMethod, PromptMethod
 from tunelab.methods import apply_method, common
-from tunelab.methods.virtual_tokens import cache_argument
+from tunelab.models.families import cache_argument
 
 VOCAB, HIDDEN, HEADS, N = 32, 8, 2, 3
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from conftest import tiny_bert, tiny_gpt2, tiny_llama
-from tunelab.config import FullMethod, HeadMethod, LoRAMethod
+from tunelab.models.families import FAMILIES as FAMILY_TABLE
+from tunelab.methods.options import FullMethod, HeadMethod, LoRAMethod
 from tunelab.errors import UserError
-from tunelab.methods import REGISTRY, apply_method, common, full, head, lora
+from tunelab.methods import METHODS, apply_method, common, full, head, lora
 from tunelab.methods.lora import LoRALayer
 from tunelab.tasks.classification import SequenceClassifier
 
@@ -41,7 +42,7 @@ def batch(seed: int = 0, shape=(3, 6)) -> tuple[torch.Tensor, torch.Tensor]:
 def test_head_trains_only_the_classifier():
     model = classifier(2)
     base_total = param_total(model.backbone)
-    head.apply(model, HeadMethod(), "bert")
+    head.apply(model, HeadMethod(), FAMILY_TABLE["bert"])
     assert trainable_names(model) == {"classifier.weight", "classifier.bias"}
     counts = common.count_parameters(model, base_total)
     assert counts.trainable == D * 2 + 2
@@ -51,7 +52,7 @@ def test_head_trains_only_the_classifier():
 
 def test_head_with_last_layer_also_trains_the_last_block():
     model = classifier(2)
-    head.apply(model, HeadMethod(last_n_layers=1), "bert")
+    head.apply(model, HeadMethod(last_n_layers=1), FAMILY_TABLE["bert"])
     last = model.backbone.encoder.layer[-1]
     last_ids = {id(p) for p in last.parameters()}
     expected = D * 2 + 2 + sum(p.numel() for p in last.parameters())
@@ -65,7 +66,7 @@ def test_head_with_last_layer_also_trains_the_last_block():
 
 def test_head_with_two_layers_trains_both_blocks():
     model = classifier(2)
-    head.apply(model, HeadMethod(last_n_layers=2), "bert")
+    head.apply(model, HeadMethod(last_n_layers=2), FAMILY_TABLE["bert"])
     layers = model.backbone.encoder.layer
     expected = D * 2 + 2 + sum(p.numel() for p in layers.parameters())
     assert common.count_parameters(model, 0).trainable == expected
@@ -74,7 +75,7 @@ def test_head_with_two_layers_trains_both_blocks():
 
 def test_head_last_n_layers_too_large_raises():
     with pytest.raises(UserError, match="last_n_layers"):
-        head.apply(classifier(2), HeadMethod(last_n_layers=3), "bert")
+        head.apply(classifier(2), HeadMethod(last_n_layers=3), FAMILY_TABLE["bert"])
 
 
 def test_head_on_tied_causal_lm_unties_and_trains_lm_head():
@@ -84,7 +85,7 @@ def test_head_on_tied_causal_lm_unties_and_trains_lm_head():
     base_total = param_total(model)
     ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(0))
 
-    head.apply(model, HeadMethod(), "llama")
+    head.apply(model, HeadMethod(), FAMILY_TABLE["llama"])
     assert model.lm_head.weight is not embed.weight
     assert model.lm_head.weight.data_ptr() != embed.weight.data_ptr()
     assert torch.equal(model.lm_head.weight, embed.weight)  # the untied copy equals the original
@@ -113,7 +114,7 @@ def test_head_on_tied_causal_lm_unties_and_trains_lm_head():
 
 def test_head_on_gpt2_last_block():
     model = tiny_gpt2()
-    head.apply(model, HeadMethod(last_n_layers=1), "gpt2")
+    head.apply(model, HeadMethod(last_n_layers=1), FAMILY_TABLE["gpt2"])
     last = model.transformer.h[-1]
     expected = VOCAB * D + sum(p.numel() for p in last.parameters())
     assert common.count_parameters(model, 0).trainable == expected
@@ -128,7 +129,7 @@ def test_full_trains_every_parameter(build):
     model = build()
     common.freeze(model)  # start from a frozen model, so `full` has to switch everything on
     assert common.count_parameters(model, 0).trainable == 0
-    full.apply(model, FullMethod(), "bert")
+    full.apply(model, FullMethod(), FAMILY_TABLE["bert"])
     assert all(p.requires_grad for p in model.parameters())
     counts = common.count_parameters(model, param_total(model))
     assert counts.trainable == counts.total == param_total(model)
@@ -140,7 +141,7 @@ def test_full_trains_every_parameter(build):
 
 @pytest.mark.parametrize("cfg, module", [(FullMethod(), full), (HeadMethod(), head), (LoRAMethod(r=2, alpha=4), lora)])
 def test_registry_dispatches_on_name(cfg, module):
-    assert REGISTRY[cfg.name] is module
+    assert METHODS.load(cfg.name) is module
     model = classifier(2)
     apply_method(model, cfg, "bert")
     n_lora = sum(isinstance(m, LoRALayer) for m in model.modules())
@@ -155,7 +156,7 @@ def test_registry_dispatches_on_name(cfg, module):
 def perturbed_lora_classifier(lora_seed: int) -> SequenceClassifier:
     model = classifier(3)
     torch.manual_seed(lora_seed)
-    lora.apply(model, LoRAMethod(r=4, alpha=8), "bert")
+    lora.apply(model, LoRAMethod(r=4, alpha=8), FAMILY_TABLE["bert"])
     return model
 
 
@@ -208,7 +209,7 @@ def test_load_trainable_state_rejects_missing_and_unexpected_keys():
 
 def test_trainable_state_of_head_method_is_the_head_only():
     model = tiny_llama()
-    head.apply(model, HeadMethod(), "llama")
+    head.apply(model, HeadMethod(), FAMILY_TABLE["llama"])
     state = common.trainable_state(model)
     assert set(state) == {"lm_head.weight"}
     assert state["lm_head.weight"].shape == (VOCAB, D)

@@ -8,7 +8,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from conftest import tiny_bert, tiny_gpt2, tiny_llama
-from tunelab.config import LoRAMethod
+from tunelab.models.families import FAMILIES as FAMILY_TABLE
+from tunelab.methods.options import LoRAMethod
 from tunelab.errors import UserError
 from tunelab.methods import common, lora
 from tunelab.methods.lora import LoRALayer
@@ -63,7 +64,7 @@ def test_lora_is_identity_at_init(family):
     model = BUILDERS[family]()
     ids = random_ids()
     base = outputs(model, ids)
-    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), family)
+    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), FAMILY_TABLE[family])
     layers = lora_layers(model)
     assert layers, "LoRA wrapped nothing"
     assert all(torch.count_nonzero(layer.lora_B) == 0 for layer in layers)
@@ -79,7 +80,7 @@ def test_merge_unmerge_round_trip(family):
     model = BUILDERS[family]()
     ids = random_ids()
     base_out = outputs(model, ids)
-    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), family)
+    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), FAMILY_TABLE[family])
     base_weights = snapshot(model, lambda n: not is_lora(n))
     perturb_b(model)
     layers = lora_layers(model)
@@ -119,7 +120,7 @@ def test_merged_delta_weight_matches_forward_on_one_layer():
     """Conv1D (weight in x out) and nn.Linear (out x in) both merge into the right orientation."""
     for family, path in [("gpt2", "transformer.h.0.attn.c_attn"), ("llama", "model.layers.0.self_attn.q_proj")]:
         model = BUILDERS[family]()
-        lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), family)
+        lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), FAMILY_TABLE[family])
         perturb_b(model)
         layer = model.get_submodule(path)
         x = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(3))
@@ -139,7 +140,7 @@ def test_disable_adapters_gives_base_outputs_and_restores(family):
     model = BUILDERS[family]()
     ids = random_ids()
     base_out = outputs(model, ids)
-    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), family)
+    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), FAMILY_TABLE[family])
     perturb_b(model)
     lora_out = outputs(model, ids)
     assert not torch.allclose(lora_out, base_out, atol=1e-4)
@@ -156,7 +157,7 @@ def test_disable_adapters_on_a_merged_model_gives_base_outputs(family):
     model = BUILDERS[family]()
     ids = random_ids()
     base = outputs(model, ids)
-    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), family)
+    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), FAMILY_TABLE[family])
     perturb_b(model)
     adapted = outputs(model, ids)
     common.merge(model)
@@ -168,7 +169,7 @@ def test_disable_adapters_on_a_merged_model_gives_base_outputs(family):
 
 def test_disable_adapters_restores_even_after_an_exception():
     model = tiny_bert()
-    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), "bert")
+    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), FAMILY_TABLE["bert"])
     with pytest.raises(RuntimeError):
         with common.disable_adapters(model):
             raise RuntimeError("boom")
@@ -181,7 +182,7 @@ def test_disable_adapters_restores_even_after_an_exception():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_optimizer_steps_train_only_lora_and_head(family):
     model = BUILDERS[family]()
-    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), family)
+    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), FAMILY_TABLE[family])
     ids = random_ids(shape=(2, 6))
     weights = torch.randn(outputs(model, ids).shape, generator=torch.Generator().manual_seed(5))
     # Only LoRA's A and B train; a causal LM's lm_head (tied to the embeddings) stays frozen.
@@ -242,7 +243,7 @@ def test_optimizer_steps_train_only_lora_and_head(family):
 def test_trainable_counts_match_closed_form(family, targets, per_layer):
     model = BUILDERS[family]()
     base_total = param_total(model)
-    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA, target_modules=targets), family)
+    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA, target_modules=targets), FAMILY_TABLE[family])
     counts = common.count_parameters(model, base_total)
     lora_count = N_LAYERS * per_layer
     assert counts.trainable == lora_count
@@ -253,7 +254,7 @@ def test_trainable_counts_match_closed_form(family, targets, per_layer):
 
 def test_lora_shapes_on_asymmetric_layers():
     model = tiny_llama()
-    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA, target_modules=["gate_proj", "down_proj"]), "llama")
+    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA, target_modules=["gate_proj", "down_proj"]), FAMILY_TABLE["llama"])
     gate = model.model.layers[0].mlp.gate_proj
     down = model.model.layers[0].mlp.down_proj
     assert gate.lora_A.shape == (1, R, D) and gate.lora_B.shape == (1, 2 * D, R)
@@ -265,7 +266,7 @@ def test_count_with_classifier_head_on_top():
     backbone = tiny_bert()
     base_total = param_total(backbone)
     model = SequenceClassifier(backbone, num_labels=3).eval()
-    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), "bert")
+    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA), FAMILY_TABLE["bert"])
     counts = common.count_parameters(model, base_total)
     lora_count = N_LAYERS * 3 * R * (D + D)
     assert counts.trainable == lora_count + (D * 3 + 3)
@@ -282,7 +283,7 @@ def test_count_with_classifier_head_on_top():
 
 def test_fused_slices_only_q_and_v_change():
     model = tiny_gpt2()
-    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA, target_modules=["c_attn:q,v"]), "gpt2")
+    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA, target_modules=["c_attn:q,v"]), FAMILY_TABLE["gpt2"])
     layer = model.transformer.h[0].attn.c_attn
     assert layer.enabled_slices == (True, False, True)
     assert layer.lora_A.shape == (2, R, D) and layer.lora_B.shape == (2, D, R)
@@ -315,7 +316,7 @@ def test_fused_slices_in_the_full_model():
     base.transformer.h[0].attn.c_attn.register_forward_hook(hook("base"))
     outputs(base, ids)
     model = tiny_gpt2()
-    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA, target_modules=["c_attn:q,v"]), "gpt2")
+    lora.apply(model, LoRAMethod(r=R, alpha=ALPHA, target_modules=["c_attn:q,v"]), FAMILY_TABLE["gpt2"])
     perturb_b(model)
     model.transformer.h[0].attn.c_attn.register_forward_hook(hook("lora"))
     outputs(model, ids)
@@ -330,7 +331,7 @@ def test_fused_slices_in_the_full_model():
 def test_unknown_target_lists_the_linear_layers():
     model = tiny_bert()
     with pytest.raises(UserError) as err:
-        lora.apply(model, LoRAMethod(r=R, alpha=ALPHA, target_modules=["nonexistent"]), "bert")
+        lora.apply(model, LoRAMethod(r=R, alpha=ALPHA, target_modules=["nonexistent"]), FAMILY_TABLE["bert"])
     message = str(err.value)
     assert "nonexistent" in message
     for name in ("query", "key", "value", "dense"):
@@ -341,7 +342,7 @@ def test_unknown_target_lists_the_linear_layers():
 @pytest.mark.parametrize("target", ["c_attn:x", "c_attn:q,x", "c_attn:,"])
 def test_unknown_slice_name_raises(target):
     with pytest.raises(UserError, match="slices must be among"):
-        lora.apply(tiny_gpt2(), LoRAMethod(r=R, alpha=ALPHA, target_modules=[target]), "gpt2")
+        lora.apply(tiny_gpt2(), LoRAMethod(r=R, alpha=ALPHA, target_modules=[target]), FAMILY_TABLE["gpt2"])
 
 
 def test_parse_target():
@@ -368,7 +369,7 @@ def peft_lora(model, name: str):
 
 def ours_and_peft(family: str, targets: list[str] | None, peft_targets: list[str], peft_r: int, peft_alpha: float):
     ours = BUILDERS[family]()
-    lora.apply(ours, LoRAMethod(r=R, alpha=ALPHA, target_modules=targets), family)
+    lora.apply(ours, LoRAMethod(r=R, alpha=ALPHA, target_modules=targets), FAMILY_TABLE[family])
     perturb_b(ours)
     config = LoraConfig(r=peft_r, lora_alpha=peft_alpha, target_modules=peft_targets, lora_dropout=0.0,
                         init_lora_weights=True, fan_in_fan_out=(family == "gpt2"))

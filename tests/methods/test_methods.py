@@ -16,8 +16,8 @@ from torch import nn
 from transformers import BertModel, BertTokenizerFast, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conftest import tiny_bert, tiny_gpt2, tiny_llama, cli_args
-from tunelab.config import (AdapterMethod, BitFitMethod, IA3Method, PrefixMethod, PromptMethod,
-                            validate_config)
+from tunelab.config import validate_config
+from tunelab.methods.options import AdapterMethod, BitFitMethod, IA3Method, PrefixMethod, PromptMethod
 from tunelab.errors import UserError
 from tunelab.methods import apply_method, common
 from tunelab.methods.adapter import BottleneckAdapter
@@ -321,7 +321,7 @@ def test_identity_at_init(method, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_prompt_adds_leading_positions(family):
+def test_prompt_acts_through_leading_positions_it_then_drops(family):
     ids, mask = batch()
     base = BUILDERS[family]()
     model = applied(family, "prompt")
@@ -329,15 +329,15 @@ def test_prompt_adds_leading_positions(family):
     assert prompt.shape == (N_VIRTUAL, model.config.hidden_size)
     base_out, out = outputs(base, ids, mask), outputs(model, ids, mask)
     B, T = ids.shape
-    assert out.shape == (B, N_VIRTUAL + T, *base_out.shape[2:])
-    assert not torch.allclose(out[:, N_VIRTUAL:], base_out, atol=1e-4), "the prompt must change the outputs"
-    # The same as running the frozen base on [prompt; token embeddings] with the mask extended.
+    assert out.shape == base_out.shape  # one position per real token: the virtual ones are dropped
+    assert not torch.allclose(out, base_out, atol=1e-4), "the prompt must change the outputs"
+    # The real positions of the frozen base run on [prompt; token embeddings] with the mask extended.
     with torch.no_grad():
         embeds = torch.cat([prompt.unsqueeze(0).expand(B, -1, -1), base.get_input_embeddings()(ids)], dim=1)
         full_mask = torch.cat([torch.ones(B, N_VIRTUAL, dtype=mask.dtype), mask], dim=1)
         direct = base(inputs_embeds=embeds, attention_mask=full_mask)
     direct = direct.logits if hasattr(direct, "logits") else direct.last_hidden_state
-    torch.testing.assert_close(out, direct, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, direct[:, N_VIRTUAL:], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -518,11 +518,10 @@ def test_virtual_tokens_on_a_padded_classification_batch(method, pooling):
     with torch.no_grad():
         batched = model(ids, mask)
     assert batched.shape == (2, num_labels)
-    n_extra = N_VIRTUAL if method == "prompt" else 0
-    assert body["x"].shape == (2, n_extra + 7, model.config.hidden_size)
+    # The body's output holds the real tokens only (prompt tuning drops its virtual positions).
+    assert body["x"].shape == (2, 7, model.config.hidden_size)
     assert pooled["x"].shape == (2, model.config.hidden_size)
-    # Pooling sees the real tokens only: the last T positions of the body's output.
-    real = body["x"][:, n_extra:]
+    real = body["x"]
     manual = {"mean": (real * mask[..., None]).sum(1) / mask.sum(1, keepdim=True),
               "cls": real[:, 0],
               "last": real[torch.arange(2), mask.sum(1) - 1]}[pooling]
@@ -679,8 +678,9 @@ def test_prompt_text_init_and_outputs_match_peft(family, word_tokenizer_dir):
 
     ids, mask = lm_batch()
     ours_out, peft_out = logits(ours, ids, mask), logits(theirs, ids, mask)
-    assert ours_out.shape == peft_out.shape == (2, n + ids.shape[1], VOCAB)  # PEFT keeps the virtual positions too
-    torch.testing.assert_close(ours_out, peft_out, atol=1e-5, rtol=0)
+    # PEFT keeps the virtual positions in its output; ours are the real tokens' only.
+    assert ours_out.shape == (2, ids.shape[1], VOCAB) and peft_out.shape == (2, n + ids.shape[1], VOCAB)
+    torch.testing.assert_close(ours_out, peft_out[:, n:], atol=1e-5, rtol=0)
 
     # After training-like changes: copy ours into PEFT, still the same logits.
     perturb_trainable(ours, seed=3, std=0.5)
@@ -688,8 +688,8 @@ def test_prompt_text_init_and_outputs_match_peft(family, word_tokenizer_dir):
         peft_prompt.copy_(prompt)
     ours_out, peft_out = logits(ours, ids, mask), logits(theirs, ids, mask)
     base_out = logits(LM_BUILDERS[family](), ids, mask)
-    assert not torch.allclose(ours_out[:, n:], base_out, atol=1e-3)
-    torch.testing.assert_close(ours_out, peft_out, atol=1e-5, rtol=0)
+    assert not torch.allclose(ours_out, base_out, atol=1e-3)
+    torch.testing.assert_close(ours_out, peft_out[:, n:], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("family", list(LM_BUILDERS))
@@ -702,7 +702,7 @@ def test_prompt_random_init_copied_into_peft_matches(family):
     with torch.no_grad():
         theirs.prompt_encoder.default.embedding.weight.copy_(ours.base_model.soft_prompt.prompt)
     ids, mask = lm_batch(seed=11)
-    torch.testing.assert_close(logits(ours, ids, mask), logits(theirs, ids, mask), atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits(ours, ids, mask), logits(theirs, ids, mask)[:, n:], atol=1e-5, rtol=0)
 
 
 IA3_PEFT = {

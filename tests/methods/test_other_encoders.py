@@ -6,11 +6,10 @@ import pytest
 import torch
 from transformers import DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
 
-from tunelab.config import (AdapterMethod, BitFitMethod, FullMethod, HeadMethod, IA3Method, LoRAMethod, PrefixMethod,
-                            PromptMethod)
+from tunelab.methods.options import AdapterMethod, BitFitMethod, FullMethod, HeadMethod, IA3Method, LoRAMethod, PrefixMethod, PromptMethod
 from tunelab.errors import UserError
 from tunelab.methods import apply_method, common
-from tunelab.models.loading import family
+from tunelab.models.families import family_of
 from tunelab.tasks.classification import SequenceClassifier
 
 H, LAYERS, FF, R, M, N = 16, 2, 32, 2, 4, 3
@@ -42,7 +41,7 @@ EXPECTED = {
 def test_method_runs_and_counts(build, expected_family, cfg):
     torch.manual_seed(0)
     backbone = build().eval()
-    assert family(backbone) == expected_family
+    assert family_of(backbone).name == expected_family
     base_total = sum(p.numel() for p in backbone.parameters())
     model = SequenceClassifier(backbone, 2).eval()
     ids = torch.randint(3, 60, (2, 7))

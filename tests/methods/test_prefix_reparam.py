@@ -8,7 +8,7 @@ import torch
 
 from conftest import cli_args, tiny_llama
 from tunelab import cli, runs
-from tunelab.config import PrefixMethod
+from tunelab.methods.options import PrefixMethod
 from tunelab.methods import apply_method, common
 
 
@@ -51,4 +51,4 @@ def test_training_with_mlp_saves_only_the_prefixes(tiny_run_config, tmp_path, ca
     capsys.readouterr()
     assert cli.main(["eval", str(run_dir), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["accuracy"] == summary["test_accuracy"]
+    assert result["accuracy"] == summary["test"]["accuracy"]

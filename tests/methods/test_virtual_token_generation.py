@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_gpt2, tiny_llama
-from tunelab.config import PrefixMethod, PromptMethod
+from tunelab.methods.options import PrefixMethod, PromptMethod
 from tunelab.methods import apply_method, common
 
 

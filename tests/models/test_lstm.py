@@ -98,7 +98,7 @@ def test_ten_examples_are_memorised_within_a_few_dozen_steps(tmp_path, capsys):
     assert rc == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] <= 40
-    assert summary["validation_accuracy"] == 1.0 and summary["test_accuracy"] == 1.0
+    assert summary["validation"]["accuracy"] == 1.0 and summary["test"]["accuracy"] == 1.0
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     first_full = next(r for r in records if r["split"] == "validation" and r["accuracy"] == 1.0)
     assert first_full["step"] <= 40

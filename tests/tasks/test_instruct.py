@@ -55,7 +55,7 @@ def prepared(tiny_causal_dir, review_dir, tmp_path):
 
 
 def loader(prepared, split, batch_size):
-    return DataLoader(prepared.splits[split], batch_size=batch_size, collate_fn=prepared.task.collator(prepared))
+    return DataLoader(prepared.splits[split], batch_size=batch_size, collate_fn=prepared.collate)
 
 
 def test_loss_mask_covers_exactly_the_answer_tokens(prepared):
@@ -151,8 +151,8 @@ def test_zero_and_few_shot_runs_train_nothing_and_report_both_accuracies(tiny_ca
         assert cli.main(["train", *cli_args(cfg)]) == 0
         summary = json.loads((tmp_path / f"shots{shots}" / "summary.json").read_text())
         assert summary["trainable_params"] == 0 and summary["steps"] == 0
-        assert {"test_accuracy", "test_score_accuracy", "test_invalid_rate", "test_generate_accuracy"} <= summary.keys()
-        assert 0 <= summary["test_accuracy"] <= 1 - summary["test_invalid_rate"] + 1e-9
+        assert {"accuracy", "score_accuracy", "invalid_rate", "generate_accuracy"} <= summary["test"].keys()
+        assert 0 <= summary["test"]["accuracy"] <= 1 - summary["test"]["invalid_rate"] + 1e-9
 
 
 def test_lora_instruct_run_trains_and_eval_reproduces_it(tiny_causal_dir, review_dir, tmp_path, capsys):
@@ -163,8 +163,8 @@ def test_lora_instruct_run_trains_and_eval_reproduces_it(tiny_causal_dir, review
     capsys.readouterr()
     assert cli.main(["eval", str(tmp_path / "run"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["score_accuracy"] == pytest.approx(summary["test_score_accuracy"])
-    assert result["accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert result["score_accuracy"] == pytest.approx(summary["test"]["score_accuracy"])
+    assert result["accuracy"] == pytest.approx(summary["test"]["accuracy"])
 
 
 def test_prompt_tuning_instruct_run(tiny_causal_dir, review_dir, tmp_path):
@@ -204,7 +204,7 @@ def test_boolq_as_instruct_on_a_causal_lm(tiny_causal_dir, tmp_path):
            "output": {"dir": str(tmp_path / "run")}}
     assert cli.main(["train", *cli_args(cfg)]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["label_names"] == ["False", "True"] and 0 <= summary["test_score_accuracy"] <= 1
+    assert summary["label_names"] == ["False", "True"] and 0 <= summary["test"]["score_accuracy"] <= 1
     p = prepare(load_config(tmp_path / "run" / "config.yaml"))
     assert p.extras["words"] == ["no", "yes"]
 

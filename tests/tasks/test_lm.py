@@ -32,14 +32,10 @@ def ids(tiny_causal_dir):
     return lm.token_stream([TEXT, TEXT[:40]], tokenizer, "eos")
 
 
-class _Prepared:  # what lm.collator needs of a Prepared
-    def __init__(self, tokenizer_dir):
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-
-
 def perplexity(model, windows, batch_size, tiny_causal_dir) -> dict:
     rows = [{"input_ids": w, "labels": lab} for w, lab in windows]
-    loader = DataLoader(rows, batch_size=batch_size, collate_fn=lm.collator(_Prepared(tiny_causal_dir)))
+    pad_id = AutoTokenizer.from_pretrained(tiny_causal_dir).pad_token_id
+    loader = DataLoader(rows, batch_size=batch_size, collate_fn=lm.collator(pad_id))
     return lm.evaluate(model, loader, Accelerator(cpu=True))
 
 
@@ -141,9 +137,9 @@ def test_lm_run_reports_perplexity_before_and_after_with_samples(tiny_causal_dir
     assert cli.main(["train", *cli_args(cfg)]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["primary_metric"] == "perplexity" and summary["higher_is_better"] is False
-    assert summary["test_perplexity"] == pytest.approx(math.exp(summary["test_loss"]))
-    assert summary["test_tokens"] == summary["test_tokens_before"] > 0
-    assert summary["test_perplexity_before"] != summary["test_perplexity"]
+    assert summary["test"]["perplexity"] == pytest.approx(math.exp(summary["test"]["loss"]))
+    assert summary["test"]["tokens"] == summary["before"]["tokens"] > 0
+    assert summary["before"]["perplexity"] != summary["test"]["perplexity"]
     samples = json.loads((tmp_path / "run" / "samples.json").read_text())
     assert len(samples["before"]) == len(samples["after"]) == 3
     assert all(s.startswith(p) for s, p in zip(samples["after"], ["The history of the city", "In mathematics, a",

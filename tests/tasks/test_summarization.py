@@ -57,7 +57,7 @@ def summarization_config(model_dir, data_dir, tmp_path, method=None):
 
 def test_articles_are_truncated_to_fit_and_the_loss_is_on_the_summary(tiny_causal_dir, news_dir, tmp_path):
     p = prepare(load_config(None, summarization_config(tiny_causal_dir, news_dir, tmp_path)))
-    batch = p.task.collator(p)([p.splits["train"][i] for i in range(4)])
+    batch = p.collate([p.splits["train"][i] for i in range(4)])
     for row in range(4):
         prompt, summary = p.splits["train"][row]["prompt_ids"], p.splits["train"][row]["summary_ids"]
         assert len(prompt) + len(summary) <= 48 and summary[-1] == p.tokenizer.eos_token_id
@@ -73,8 +73,8 @@ def test_summarization_runs_end_to_end_with_rouge(tiny_causal_dir, news_dir, tmp
     assert cli.main(["train", *cli_args(cfg)]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["primary_metric"] == "rougeL" and summary["select_metric"] == "loss"
-    assert {"test_rouge1", "test_rouge2", "test_rougeL", "test_loss", "eval_loss"} <= summary.keys()
-    assert 0 <= summary["test_rouge2"] <= summary["test_rouge1"] <= 1
+    assert {"rouge1", "rouge2", "rougeL", "loss"} <= summary["test"].keys() and "loss" in summary["validation"]
+    assert 0 <= summary["test"]["rouge2"] <= summary["test"]["rouge1"] <= 1
     samples = json.loads((tmp_path / "run" / "samples.json").read_text())["after"]
     assert len(samples) == 3 and {"generated", "reference"} == set(samples[0])
 

@@ -1,19 +1,54 @@
-"""The method registry: ``method.name`` in a config -> the module that applies it.
+"""The method protocol and the registry of methods: the one place that lists their names.
 
-Every method module has ``apply(model, cfg, family)``: inject the method's tensors and freeze
-everything it does not train. Saving, loading, counting and switching off are generic
-(:mod:`tunelab.methods.common`).
+A method is a module with ``apply(model, cfg, family, tokenizer)`` that injects the method's
+tensors and freezes everything it does not train; saving, loading, counting and switching off
+are generic (:mod:`tunelab.methods.common`). Its options are a class in
+:mod:`tunelab.methods.options`. The config's ``method`` section, the CLI, ``compare``,
+``params`` and the report all take the method names from :data:`METHODS`.
+
+Adding a method: its module, its options class, and one ``METHODS.register`` line below (or,
+from outside tunelab, in a plugin module named by ``TUNELAB_PLUGINS``; see
+:mod:`tunelab.plugins`). Modules are imported when a method is applied, so listing methods or
+reading a config never imports torch.
 """
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING, Protocol
 
-from tunelab.methods import adapter, bitfit, full, head, ia3, lora, lstm, none, prefix, prompt
+from tunelab.methods import options as opts
+from tunelab.registry import Registry
 
-REGISTRY = {"none": none, "full": full, "head": head, "bitfit": bitfit, "adapter": adapter, "lora": lora, "ia3": ia3,
-            "prompt": prompt, "prefix": prefix, "lstm": lstm}
+if TYPE_CHECKING:
+    from torch import nn
+
+    from tunelab.models.families import Family
 
 
-def apply_method(model: nn.Module, cfg, family: str, tokenizer=None) -> None:
-    REGISTRY[cfg.name].apply(model, cfg, family, tokenizer)
+class Method(Protocol):
+    """What a method module provides."""
+
+    def apply(self, model: nn.Module, cfg: opts.MethodOptions, family: Family | None, tokenizer=None) -> None:
+        """Inject the method's modules into ``model`` and leave exactly its tensors trainable
+        (and the task head's: a new classifier starts random, so every method trains it).
+        ``family`` is the pretrained model's (None for a method that builds its own model,
+        whose module then also provides ``prepare(cfg, raw, run_dir)``)."""
+
+
+METHODS: Registry[opts.MethodOptions] = Registry(kind="method", package="tunelab.methods", default="lora")
+for _options in (opts.NoMethod, opts.FullMethod, opts.HeadMethod, opts.BitFitMethod, opts.AdapterMethod,
+                 opts.LoRAMethod, opts.IA3Method, opts.PromptMethod, opts.PrefixMethod, opts.LSTMMethod):
+    METHODS.register(_options)
+
+
+def apply_method(model: nn.Module, cfg: opts.MethodOptions, family: Family | str | None = None,
+                 tokenizer=None) -> None:
+    """Apply the configured method. ``family``: the model's architecture family, a family name,
+    or None to read it off the model (a model the method builds itself has none)."""
+    from tunelab.models import families
+
+    if isinstance(family, str):
+        family = families.FAMILIES.get(family)  # None for the LSTM's "lstm"
+    elif family is None and cfg.pretrained:
+        family = families.family_of(families.transformer_body(model))
+    METHODS.load(cfg.name).apply(model, cfg, family, tokenizer)

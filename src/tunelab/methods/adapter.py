@@ -14,17 +14,11 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from tunelab.config import AdapterMethod
+from tunelab.methods.options import AdapterMethod
+from tunelab.models.families import Family
 from tunelab.errors import UserError
 from tunelab.methods.common import AdapterModule, freeze, module_ids, replace_module, task_head, unfreeze
 
-# (attention output projection, feed-forward output projection) per family, as name patterns.
-PLACES = {
-    "bert": (r"attention\.output\.dense$", r"(?<!attention)\.output\.dense$"),
-    "distilbert": (r"attention\.out_lin$", r"ffn\.lin2$"),
-    "llama": (r"self_attn\.o_proj$", r"mlp\.down_proj$"),
-    "gpt2": (r"attn\.c_proj$", r"mlp\.c_proj$"),
-}
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
@@ -56,18 +50,17 @@ def bottleneck_size(cfg: AdapterMethod, hidden: int) -> int:
     return size
 
 
-def apply(model: nn.Module, cfg: AdapterMethod, family: str, tokenizer=None) -> None:
+def apply(model: nn.Module, cfg: AdapterMethod, family: Family | None, tokenizer=None) -> None:
     heads = task_head(model)
     freeze(model)
-    if family not in PLACES:
-        raise UserError(f"adapters know where to go in {', '.join(PLACES)} models, not in family {family!r}")
-    attention, feed_forward = PLACES[family]
-    patterns = [feed_forward] if cfg.placement == "pfeiffer" else [attention, feed_forward]
+    # The output projections of the attention and the feed-forward sub-layers (models.families).
+    feed_forward = family.feed_forward_output
+    patterns = [feed_forward] if cfg.placement == "pfeiffer" else [family.attention_output, feed_forward]
     skip = module_ids(heads)
     matches = [name for name, m in model.named_modules()
                if id(m) not in skip and isinstance(m, (nn.Linear, Conv1D)) and any(re.search(p, name) for p in patterns)]
     if not matches:
-        raise UserError(f"found no attention/feed-forward output projections to put adapters after in this {family} model")
+        raise UserError(f"found no attention/feed-forward output projections to put adapters after in this {family.name} model")
     hidden = model.config.hidden_size
     size = bottleneck_size(cfg, hidden)
     for name in matches:

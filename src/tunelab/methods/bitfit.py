@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunelab.config import BitFitMethod
+from tunelab.methods.options import BitFitMethod
+from tunelab.models.families import Family
 from tunelab.methods.common import AdapterModule, freeze, module_ids, task_head, unfreeze
 
 
@@ -42,7 +43,7 @@ class PretrainedBiases(AdapterModule):
         self._enabled = value
 
 
-def apply(model: nn.Module, cfg: BitFitMethod, family: str, tokenizer=None) -> None:
+def apply(model: nn.Module, cfg: BitFitMethod, family: Family | None, tokenizer=None) -> None:
     heads = task_head(model)
     freeze(model)
     skip = module_ids(heads)

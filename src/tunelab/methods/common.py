@@ -19,6 +19,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from tunelab.errors import UserError
+
 
 class AdapterModule(nn.Module):
     """Base class of every module a method injects; ``enabled`` switches it off."""
@@ -79,13 +81,6 @@ def replace_module(model: nn.Module, name: str, wrap) -> nn.Module:
     return new
 
 
-def transformer_body(model: nn.Module) -> nn.Module:
-    """The transformer without task head: what takes input ids and returns hidden states."""
-    if hasattr(model, "backbone"):  # a task model of ours
-        return model.backbone
-    return model.base_model  # Hugging Face: the body of e.g. LlamaForCausalLM (itself for a bare model)
-
-
 def unfreeze(modules: list[nn.Module]) -> None:
     for module in modules:
         for p in module.parameters():
@@ -142,8 +137,6 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     expected = set(trainable_state(model))
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
-        from tunelab.errors import UserError
-
         detail = f"missing {sorted(missing)[:3]}" if missing else f"unexpected {sorted(unexpected)[:3]}"
         raise UserError(f"checkpoint does not match the model and method in config.yaml ({detail})")
     params = dict(model.named_parameters())

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunelab.config import FullMethod
+from tunelab.methods.options import FullMethod
+from tunelab.models.families import Family
 
 
-def apply(model: nn.Module, cfg: FullMethod, family: str, tokenizer=None) -> None:
+def apply(model: nn.Module, cfg: FullMethod, family: Family | None, tokenizer=None) -> None:
     for p in model.parameters():
         p.requires_grad_(True)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunelab.config import HeadMethod
+from tunelab.methods.options import HeadMethod
+from tunelab.models.families import Family, transformer_blocks
 from tunelab.errors import UserError
 from tunelab.methods.common import freeze, output_head, unfreeze
-from tunelab.models.loading import transformer_blocks
 
 
-def apply(model: nn.Module, cfg: HeadMethod, family: str, tokenizer=None) -> None:
+def apply(model: nn.Module, cfg: HeadMethod, family: Family | None, tokenizer=None) -> None:
     heads = output_head(model)
     freeze(model)
     unfreeze(heads)

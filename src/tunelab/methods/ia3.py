@@ -15,18 +15,22 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from tunelab.config import IA3Method
+from tunelab.methods.options import IA3Method
+from tunelab.models.families import Family
 from tunelab.errors import UserError
 from tunelab.methods.common import AdapterModule, freeze, module_ids, replace_module, task_head, unfreeze
 
-# Per family: (pattern, where) with where = "output" / "input" / a fused-slice mask for the output.
-TARGETS = {
-    "bert": [(r"attention\.self\.key$", "output"), (r"attention\.self\.value$", "output"),
-             (r"(?<!attention)\.output\.dense$", "input")],
-    "distilbert": [(r"attention\.k_lin$", "output"), (r"attention\.v_lin$", "output"), (r"ffn\.lin2$", "input")],
-    "llama": [(r"self_attn\.k_proj$", "output"), (r"self_attn\.v_proj$", "output"), (r"mlp\.down_proj$", "input")],
-    "gpt2": [(r"attn\.c_attn$", (False, True, True)), (r"mlp\.c_proj$", "input")],
-}
+
+
+def targets(family: Family) -> list[tuple[str, str | tuple[bool, ...]]]:
+    """(module-name pattern, where): "output" and "input" rescale a projection's output or
+    input, a slice mask the output slices of a fused q/k/v projection (only k and v)."""
+    if family.fused_qkv is not None:
+        keys_values = [(rf"\.{family.fused_qkv}$", (False, True, True))]
+    else:
+        _, key, value = family.query_key_value
+        keys_values = [(rf"\.{key}$", "output"), (rf"\.{value}$", "output")]
+    return keys_values + [(family.feed_forward_output, "input")]
 
 
 class IA3Layer(AdapterModule):
@@ -59,21 +63,20 @@ class IA3Layer(AdapterModule):
         return self.base(x) * self.scale()
 
 
-def apply(model: nn.Module, cfg: IA3Method, family: str, tokenizer=None) -> None:
+def apply(model: nn.Module, cfg: IA3Method, family: Family | None, tokenizer=None) -> None:
     heads = task_head(model)
     freeze(model)
-    if family not in TARGETS:
-        raise UserError(f"IA3 knows the key/value/feed-forward layers of {', '.join(TARGETS)} models, not {family!r}")
+    patterns = targets(family)
     skip = module_ids(heads)
     found = []
     for name, module in model.named_modules():
         if id(module) in skip or not isinstance(module, (nn.Linear, Conv1D)):
             continue
-        where = next((w for pattern, w in TARGETS[family] if re.search(pattern, name)), None)
+        where = next((w for pattern, w in patterns if re.search(pattern, name)), None)
         if where is not None:
             found.append((name, where))
     if not found:
-        raise UserError(f"found no key/value/feed-forward layers for IA3 in this {family} model")
+        raise UserError(f"found no key/value/feed-forward layers for IA3 in this {family.name} model")
     for name, where in found:
         layer = replace_module(model, name, lambda base, w=where: IA3Layer(base, w))
         layer.ia3_l.requires_grad_(True)

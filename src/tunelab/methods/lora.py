@@ -17,19 +17,11 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from tunelab.config import LoRAMethod
+from tunelab.methods.options import LoRAMethod
+from tunelab.models.families import FUSED_SLICES, Family
 from tunelab.errors import UserError
 from tunelab.methods.common import AdapterModule, freeze, module_ids, replace_module, task_head, unfreeze
 
-# Default targets per architecture family: the attention's query, key and value projections.
-DEFAULT_TARGETS = {
-    "bert": ["query", "key", "value"],
-    "distilbert": ["q_lin", "k_lin", "v_lin"],
-    "llama": ["q_proj", "k_proj", "v_proj"],
-    "gpt2": ["c_attn:q,k,v"],
-}
-# Names of the slices of a fused projection, in output order.
-FUSED_SLICES = ("q", "k", "v")
 
 
 class LoRALayer(AdapterModule):
@@ -120,15 +112,22 @@ def parse_target(target: str) -> tuple[str, tuple[bool, ...]]:
     return name, tuple(s in chosen for s in FUSED_SLICES)
 
 
+def default_targets(family: Family) -> list[str]:
+    """The attention's query, key and value projections (all three slices of a fused one)."""
+    if family.fused_qkv is not None:
+        return [f"{family.fused_qkv}:{','.join(FUSED_SLICES)}"]
+    return list(family.query_key_value)
+
+
 def linear_layer_names(model: nn.Module) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
 
 
-def apply(model: nn.Module, cfg: LoRAMethod, family: str, tokenizer=None) -> None:
+def apply(model: nn.Module, cfg: LoRAMethod, family: Family | None, tokenizer=None) -> None:
     """Wrap the targeted layers, then train only LoRA's A and B (and the task head)."""
     heads = task_head(model)
     freeze(model)
-    targets = [parse_target(t) for t in (cfg.target_modules or DEFAULT_TARGETS.get(family, DEFAULT_TARGETS["bert"]))]
+    targets = [parse_target(t) for t in (cfg.target_modules or default_targets(family))]
     skip = module_ids(heads)
     matches = []
     for name, module in model.named_modules():

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunelab.config import NoMethod
+from tunelab.methods.options import NoMethod
+from tunelab.models.families import Family
 from tunelab.methods.common import freeze
 
 
-def apply(model: nn.Module, cfg: NoMethod, family: str, tokenizer=None) -> None:
+def apply(model: nn.Module, cfg: NoMethod, family: Family | None, tokenizer=None) -> None:
     freeze(model)

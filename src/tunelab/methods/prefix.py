@@ -12,18 +12,10 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from tunelab.config import PrefixMethod
-from tunelab.methods.common import AdapterModule, freeze, task_head, transformer_body, unfreeze
-from tunelab.methods.virtual_tokens import (CACHE_ARGUMENT_NAMES, account_for_virtual_tokens, cache_argument,
-                                            cache_in_use, require_argument, take_cache)
-
-
-def kv_shape(config) -> tuple[int, int, int]:
-    """(layers, key/value heads, head dim) from a Hugging Face config."""
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return config.num_hidden_layers, kv_heads, head_dim
+from tunelab.methods.options import PrefixMethod
+from tunelab.models.families import CACHE_ARGUMENT_NAMES, Family, cache_argument, key_value_shape, transformer_body
+from tunelab.methods.common import AdapterModule, freeze, task_head, unfreeze
+from tunelab.methods.virtual_tokens import account_for_virtual_tokens, cache_in_use, require_argument, take_cache
 
 
 class PrefixMLP(nn.Module):
@@ -104,14 +96,14 @@ class KeyValuePrefix(AdapterModule):
         return args, kwargs
 
 
-def apply(model: nn.Module, cfg: PrefixMethod, family: str, tokenizer=None) -> None:
+def apply(model: nn.Module, cfg: PrefixMethod, family: Family | None, tokenizer=None) -> None:
     heads = task_head(model)
     freeze(model)
     body = transformer_body(model)
     argument = cache_argument(body)
     require_argument(body, argument, "prefix", f"a key/value cache ({' or '.join(CACHE_ARGUMENT_NAMES)})")
     weight = body.get_input_embeddings().weight
-    prefix = KeyValuePrefix(*kv_shape(body.config), cfg.num_virtual_tokens, dtype=weight.dtype, device=weight.device,
+    prefix = KeyValuePrefix(*key_value_shape(body.config), cfg.num_virtual_tokens, dtype=weight.dtype, device=weight.device,
                             reparameterize=cfg.reparameterize, embed_dim=weight.shape[1], hidden_size=cfg.hidden_size,
                             cache_argument=argument)
     body.add_module("kv_prefix", prefix)

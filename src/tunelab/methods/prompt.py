@@ -3,8 +3,8 @@ embeddings prepended to the input embeddings; the model itself stays frozen.
 
 Initialisation (section 3): the embeddings of a text such as "Summarize the following
 article:", repeated or truncated to length; embeddings of sampled vocabulary tokens; or random.
-The body's output then has ``num_virtual_tokens`` extra leading positions; task code keeps the
-last T (those of the real tokens), and causal-LM labels are -100 on the virtual positions.
+The body's hidden states of the virtual positions are dropped on the way out (a forward hook),
+so every caller sees exactly one position per real token, as without the method.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunelab.config import PromptMethod
+from tunelab.methods.options import PromptMethod
+from tunelab.models.families import Family, cache_argument, transformer_body
 from tunelab.errors import UserError
-from tunelab.methods.common import AdapterModule, freeze, task_head, transformer_body, unfreeze
-from tunelab.methods.virtual_tokens import (account_for_virtual_tokens, cache_argument, cache_in_use, require_argument,
-                                            take_cache, take_input)
+from tunelab.methods.common import AdapterModule, freeze, task_head, unfreeze
+from tunelab.methods.virtual_tokens import account_for_virtual_tokens, cache_in_use, require_argument, take_cache, take_input
 
 
 class SoftPrompt(AdapterModule):
@@ -24,6 +24,7 @@ class SoftPrompt(AdapterModule):
         super().__init__()
         self.prompt = nn.Parameter(init.clone())  # (n, H)
         self.cache_argument = cache_argument  # the body's key/value cache argument; None: it has no cache
+        self.prepended = False  # whether the running call got the prompt (a cached step does not)
 
     @property
     def num_virtual_tokens(self) -> int:
@@ -31,11 +32,13 @@ class SoftPrompt(AdapterModule):
 
     def prepend(self, body: nn.Module, args: tuple, kwargs: dict):
         """Forward pre-hook of the body: [prompt; input embeddings], mask and token types extended."""
+        self.prepended = False
         if not self.enabled:
             return None
         args, kwargs, embeds = take_input(body, args, kwargs)
         batch, n = embeds.shape[0], self.num_virtual_tokens
         if not cache_in_use(take_cache(kwargs, self.cache_argument)):  # later generation steps find the prompt there
+            self.prepended = True
             prompt = self.prompt.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)  # (B, n, H)
             embeds = torch.cat([prompt, embeds], dim=1)  # (B, n + T, H)
             if kwargs.get("token_type_ids") is not None:
@@ -44,6 +47,12 @@ class SoftPrompt(AdapterModule):
         kwargs["inputs_embeds"] = embeds
         account_for_virtual_tokens(kwargs, batch, n, embeds.device)
         return args, kwargs
+
+    def drop_virtual_positions(self, body: nn.Module, args: tuple, output):
+        """Forward hook of the body: the hidden states of the real tokens only, (B, T, H)."""
+        if self.prepended and getattr(output, "last_hidden_state", None) is not None:
+            output.last_hidden_state = output.last_hidden_state[:, self.num_virtual_tokens:]
+        return output
 
 
 def initial_prompt(embedding: nn.Embedding, cfg: PromptMethod, tokenizer) -> torch.Tensor:
@@ -63,7 +72,7 @@ def initial_prompt(embedding: nn.Embedding, cfg: PromptMethod, tokenizer) -> tor
     return weight[torch.tensor(ids, device=weight.device)].clone()
 
 
-def apply(model: nn.Module, cfg: PromptMethod, family: str, tokenizer=None) -> None:
+def apply(model: nn.Module, cfg: PromptMethod, family: Family | None, tokenizer=None) -> None:
     heads = task_head(model)
     freeze(model)
     body = transformer_body(model)
@@ -71,4 +80,5 @@ def apply(model: nn.Module, cfg: PromptMethod, family: str, tokenizer=None) -> N
     soft_prompt = SoftPrompt(initial_prompt(body.get_input_embeddings(), cfg, tokenizer), cache_argument(body))
     body.add_module("soft_prompt", soft_prompt)
     body.register_forward_pre_hook(soft_prompt.prepend, with_kwargs=True)
+    body.register_forward_hook(soft_prompt.drop_virtual_positions)
     unfreeze([soft_prompt, *heads])

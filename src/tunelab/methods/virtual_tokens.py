@@ -4,32 +4,18 @@ The hook rewrites the body's keyword arguments before it runs (prepend embedding
 attention mask, seed a key/value cache), so no model class is subclassed or copied and any
 architecture whose body takes ``inputs_embeds`` and a key/value cache works.
 
-The cache argument's name is read off the body's ``forward``: transformers 5.24 renamed
-``past_key_values`` to ``cache`` in every model (keeping the old name as a deprecated alias
-that callers may still pass), so the name differs between the releases tunelab supports.
+The cache argument's name is read off the body's ``forward``
+(:func:`tunelab.models.families.cache_argument`): it differs between the transformers releases
+tunelab supports.
 """
 
 from __future__ import annotations
-
-import inspect
 
 import torch
 from torch import nn
 
 from tunelab.errors import UserError
-
-CACHE_ARGUMENT_NAMES = ("cache", "past_key_values")
-"""What a body's forward may call its key/value cache: the transformers >= 5.24 name first."""
-
-
-def accepted_arguments(body: nn.Module) -> set[str]:
-    return set(inspect.signature(body.forward).parameters)
-
-
-def cache_argument(body: nn.Module) -> str | None:
-    """The name under which this body's forward takes a key/value cache, None if it takes none."""
-    accepted = accepted_arguments(body)
-    return next((name for name in CACHE_ARGUMENT_NAMES if name in accepted), None)
+from tunelab.models.families import CACHE_ARGUMENT_NAMES, forward_arguments
 
 
 def take_cache(kwargs: dict, argument: str | None):
@@ -78,5 +64,5 @@ def account_for_virtual_tokens(kwargs: dict, batch: int, n: int, device) -> None
 
 def require_argument(body: nn.Module, argument: str | None, method: str, what: str) -> None:
     """Refuse, in one line, a body whose forward lacks what the method feeds it."""
-    if argument is None or argument not in accepted_arguments(body):
+    if argument is None or argument not in forward_arguments(body):
         raise UserError(f"{method} tuning needs a model whose forward takes {what}; {type(body).__name__} does not")

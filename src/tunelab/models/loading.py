@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from tunelab import catalog
 from tunelab.config import ModelConfig
 from tunelab.errors import UserError
+from tunelab.models.families import context_limit
 
 
 def resolve(cfg: ModelConfig) -> str:
@@ -58,23 +59,13 @@ def load_config(cfg: ModelConfig):
     return _load(AutoConfig, cfg)
 
 
-def family(model: nn.Module) -> str:
-    """The architecture family, which picks per-architecture defaults (e.g. LoRA targets)."""
-    model_type = getattr(getattr(model, "config", None), "model_type", "")
-    if model_type in ("gpt2",):
-        return "gpt2"
-    if model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "smollm3"):
-        return "llama"
-    if model_type in ("distilbert",):
-        return "distilbert"
-    return "bert"
-
-
-def transformer_blocks(model: nn.Module) -> nn.ModuleList:
-    """The list of transformer layers, whatever the architecture calls it."""
-    for module in model.modules():
-        for attr in ("layer", "layers", "h"):
-            blocks = getattr(module, attr, None)
-            if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
-                return blocks
-    raise UserError(f"cannot find the transformer layers of {type(model).__name__}")
+def check_context_length(cfg, model_config, length: int | None = None, key: str = "task.max_length") -> None:
+    """Inputs plus the method's virtual tokens must fit the model's positions, or training
+    crashes mid-way; ``cfg`` is the run config."""
+    limit = context_limit(model_config)
+    length = cfg.task.max_length if length is None else length
+    virtual = cfg.method.virtual_tokens
+    if limit is not None and length + virtual > limit:
+        extra = f" + method.num_virtual_tokens {virtual}" if virtual else ""
+        raise UserError(f"{key} {length}{extra} exceeds the model's {limit} positions; "
+                        f"lower {key} to at most {limit - virtual}")

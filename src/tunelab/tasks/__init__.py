@@ -1,38 +1,99 @@
-"""The task registry: ``task.name`` in a config -> the module that turns data into batches,
-losses and metrics.
+"""The task protocol and the registry of tasks: the one place that lists their names.
 
-Every task module has:
-
-- ``prepare(cfg, raw) -> Prepared``: tokenizer, tokenized splits, model with the method applied;
-  every check on the input happens here, before a run directory exists;
-- ``collator(prepared)``: pads a list of examples into a batch;
-- ``training_loss(model, batch)``: the scalar the one training loop minimises;
-- ``evaluate(model, loader, accelerator, prepared, split)``: metrics of a split, always with
-  ``loss``;
-- ``PRIMARY_METRIC`` / ``HIGHER_IS_BETTER``: the headline test number, and ``SELECT_METRIC``,
-  the validation number that picks the best checkpoint when ``train.select_metric`` is auto.
-
-Optional: ``before_training(model, accelerator, prepared, test_loader)`` for numbers of the base
-model (perplexity before fine-tuning) and ``after_training(...)`` for samples.
+A task turns data into batches, a loss and metrics; the one training loop runs every task the
+same way. A task is a module (:class:`Task`) plus its options class in
+:mod:`tunelab.tasks.options`, registered below; what is known of a task without loading it (its
+metrics, whether it needs a causal LM) is on the options class.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from tunelab.tasks import classification, instruct, lm, summarization
+from tunelab.registry import Registry
+from tunelab.tasks import options as opts
 
-TASKS: dict[str, ModuleType] = {"classification": classification, "instruct": instruct, "lm": lm,
-                                "summarization": summarization}
+if TYPE_CHECKING:
+    import datasets
+    import torch
+    from accelerate import Accelerator
+    from torch import nn
+
+    from tunelab.config import RunConfig
+    from tunelab.methods.common import ParameterCounts
+
+Batch = dict[str, Any]
 
 
-def get(name: str) -> ModuleType:
-    return TASKS[name]
+@dataclass
+class Prepared:
+    """What a task's ``prepare`` makes of a config: everything the loop needs, checked."""
+
+    model: nn.Module
+    tokenizer: Any
+    """A Hugging Face tokenizer, or the LSTM's word vocabulary."""
+    splits: datasets.DatasetDict
+    """Tokenized train/validation/test."""
+    collate: Callable[[list[dict]], Batch]
+    """Pads a list of examples of ``splits`` into a batch."""
+    label_names: list[str]
+    counts: ParameterCounts
+    task: ModuleType
+    """The task module that scores and evaluates the batches."""
+    cfg: RunConfig
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Task-specific values computed once (label-word token ids, demonstrations, ...)."""
+    files: dict[str, str] = field(default_factory=dict)
+    """Text files to write into the run directory (name -> content)."""
+    encode_texts: Callable[[list[str]], list[dict]] | None = None
+    """Unlabelled texts as examples for ``collate`` (``tunelab predict``); None where the task
+    does not label raw texts."""
 
 
-def select_metric(cfg) -> tuple[str, bool]:
+class Task(Protocol):
+    """What a task module provides."""
+
+    def prepare(self, cfg: RunConfig, raw: datasets.DatasetDict) -> Prepared:
+        """Tokenizer, tokenized splits, the model with the method applied. Every check on the
+        input happens here, before a run directory exists."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The scalar the loop minimises, and the batch's counts: ``examples`` and ``tokens``
+        (non-pad input tokens), plus per-example sums (e.g. ``accuracy``: the number right)
+        whose mean over the epoch the loop logs."""
+
+    def evaluate(self, model: nn.Module, loader, accelerator: Accelerator, prepared: Prepared,
+                 split: str) -> dict[str, Any]:
+        """Metrics of a split, always with ``loss`` and the primary metric."""
+
+    def before_training(self, model: nn.Module, accelerator: Accelerator, prepared: Prepared,
+                        test_loader) -> dict[str, Any]:
+        """The base model's numbers (``test``) and ``samples``, before anything trains; {} if none."""
+
+    def after_training(self, model: nn.Module, accelerator: Accelerator, prepared: Prepared) -> dict[str, Any]:
+        """``samples`` to read beside the numbers; {} if none."""
+
+
+TASKS: Registry[opts.TaskOptions] = Registry(kind="task", package="tunelab.tasks", default="classification")
+for _options in (opts.ClassificationTask, opts.InstructTask, opts.LMTask, opts.SummarizationTask):
+    TASKS.register(_options)
+
+
+def select_metric(cfg: RunConfig) -> tuple[str, bool]:
     """The validation metric that picks the best checkpoint, and whether higher is better."""
     name = cfg.train.select_metric
     if name == "auto":
-        name = get(cfg.task.name).SELECT_METRIC
+        name = cfg.task.select_metric
     return name, name != "loss"
+
+
+def causal_tasks() -> list[str]:
+    """The tasks that run on a causal LM (whose runs can generate)."""
+    return [name for name in TASKS.names() if TASKS.options(name).causal]
+
+
+def batch_counts(batch: Batch) -> dict[str, Any]:
+    """``examples`` and ``tokens`` of a batch of padded ``input_ids`` with an ``attention_mask``."""
+    return {"examples": batch["attention_mask"].shape[0], "tokens": batch["attention_mask"].sum()}

@@ -19,7 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.errors import UserError
-from tunelab.methods.common import transformer_body
+from tunelab.methods import apply_method
+from tunelab.methods.common import count_parameters
+from tunelab.models.families import transformer_body
+from tunelab.models.loading import load_causal_lm
+from tunelab.tasks import batch_counts
 
 IGNORE = -100  # label of positions that are not predicted (prompt, padding, virtual tokens)
 FIELD = re.compile(r"\{(\w+)\}")
@@ -30,11 +34,8 @@ FIELD = re.compile(r"\{(\w+)\}")
 
 
 def load_model(cfg, tokenizer):
-    """The causal LM with the configured method applied; returns (model, counts, family)."""
+    """The causal LM with the configured method applied; returns (model, parameter counts)."""
     from accelerate.utils import set_seed
-
-    from tunelab.build import with_method
-    from tunelab.models.loading import load_causal_lm
 
     model = load_causal_lm(cfg.model)
     if model.get_output_embeddings() is None:
@@ -42,8 +43,8 @@ def load_model(cfg, tokenizer):
                         "(e.g. smollm2-135m, gpt2)")
     base_total = sum(p.numel() for p in model.parameters())
     set_seed(cfg.train.seed)  # the method's tensors start the same for the same seed
-    counts, arch = with_method(cfg, model, model, tokenizer, base_total)
-    return model, counts, arch
+    apply_method(model, cfg.method, tokenizer=tokenizer)
+    return model, count_parameters(model, base_total)
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,8 +140,7 @@ def token_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
     predicted from positions < t; position 0 is never predicted. Returns two (B,) tensors.
     """
     body = transformer_body(model)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    hidden = hidden[:, -input_ids.shape[1]:]  # prompt tuning puts virtual positions in front
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
     targets = labels[:, 1:]  # (B, T-1)
     mask = targets != IGNORE
     picked = hidden[:, :-1][mask]  # (N, H): only the positions that predict a label
@@ -154,17 +154,16 @@ def token_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
 def next_token_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, V) log-probabilities of the token after each right-padded sequence's last real token."""
     body = transformer_body(model)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    hidden = hidden[:, -input_ids.shape[1]:]  # (B, T, H) without virtual positions
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
     last = attention_mask.sum(1) - 1  # (B,)
     picked = hidden[torch.arange(input_ids.shape[0], device=input_ids.device), last]  # (B, H)
     return model.get_output_embeddings()(picked).float().log_softmax(-1)
 
 
-def mean_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Training loss: mean NLL over every labelled token of the batch."""
+def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """Training loss of every causal-LM task: mean NLL over every labelled token of the batch."""
     nll, count = token_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    return nll.sum() / count.sum().clamp(min=1)
+    return nll.sum() / count.sum().clamp(min=1), batch_counts(batch)
 
 
 # --------------------------------------------------------------------------------------------

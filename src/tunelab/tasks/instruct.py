@@ -23,11 +23,10 @@ import sys
 import datasets
 import torch
 
+from tunelab.data.labels import label_set
 from tunelab.errors import UserError
-from tunelab.tasks import causal
-from tunelab.tasks.classification import label_set
-
-PRIMARY_METRIC, HIGHER_IS_BETTER, SELECT_METRIC = "accuracy", True, "accuracy"
+from tunelab.models.loading import check_context_length, load_config, load_tokenizer
+from tunelab.tasks import Prepared, causal
 
 
 def resolve_label_words(task, names: list[str]) -> list[str]:
@@ -71,10 +70,7 @@ def draw_demonstrations(train: datasets.Dataset, label_column: str, labels, k: i
     return [train[i] for i in picked]
 
 
-def prepare(cfg, raw: datasets.DatasetDict):
-    from tunelab.build import Prepared, check_context_length
-    from tunelab.models.loading import load_config, load_tokenizer
-
+def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
     task, data = cfg.task, cfg.data
     causal.check_template(task.template, raw)
     for split_name, split in raw.items():
@@ -103,13 +99,14 @@ def prepare(cfg, raw: datasets.DatasetDict):
     splits = datasets.DatasetDict({
         name: split.map(encode, fn_kwargs={"split_name": name}, remove_columns=split.column_names, keep_in_memory=True)
         for name, split in raw.items()})
-    model, counts, arch = causal.load_model(cfg, tokenizer)
-    return Prepared(model, tokenizer, splits, labels.names, counts, arch, task=sys.modules[__name__], cfg=cfg,
+    model, counts = causal.load_model(cfg, tokenizer)
+    return Prepared(model, tokenizer, splits, collator(tokenizer.pad_token_id, answers, task.loss_on), labels.names,
+                    counts, task=sys.modules[__name__], cfg=cfg,
                     extras={"answers": answers, "words": words, "preamble": preamble})
 
 
-def collator(prepared):
-    pad_id, answers, loss_on = prepared.tokenizer.pad_token_id, prepared.extras["answers"], prepared.cfg.task.loss_on
+def collator(pad_id: int, answers: list[list[int]], loss_on: str):
+    """Prompt + gold answer per example, with the gold label id and the bare prompts (for scoring)."""
 
     def collate(examples):
         pairs = [causal.prompt_answer(e["prompt_ids"], answers[e["label_id"]], loss_on) for e in examples]
@@ -121,8 +118,7 @@ def collator(prepared):
     return collate
 
 
-def training_loss(model, batch):
-    return causal.mean_token_loss(model, batch)
+loss = causal.loss
 
 
 def label_nll(model, prompts: list[list[int]], answers: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,6 +178,10 @@ def evaluate(model, loader, accelerator, prepared, split: str = "validation") ->
                        invalid_rate=torch.cat(invalid).mean().item())
         prepared.extras[f"{split}_outputs"] = outputs
     return metrics
+
+
+def before_training(model, accelerator, prepared, test_loader) -> dict:
+    return {}
 
 
 def after_training(model, accelerator, prepared) -> dict:

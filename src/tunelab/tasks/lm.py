@@ -18,9 +18,8 @@ import datasets
 import torch
 
 from tunelab.errors import UserError
-from tunelab.tasks import causal
-
-PRIMARY_METRIC, HIGHER_IS_BETTER, SELECT_METRIC = "perplexity", False, "loss"
+from tunelab.models.loading import check_context_length, load_config, load_tokenizer
+from tunelab.tasks import Prepared, causal
 
 
 def token_stream(texts: list[str], tokenizer, join: str) -> list[int]:
@@ -57,10 +56,7 @@ def sliding_windows(ids: list[int], block_size: int, stride: int) -> list[tuple[
     return windows
 
 
-def prepare(cfg, raw: datasets.DatasetDict):
-    from tunelab.build import Prepared, check_context_length
-    from tunelab.models.loading import load_config, load_tokenizer
-
+def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
     task = cfg.task
     column = cfg.data.text_column
     for split_name, split in raw.items():
@@ -81,12 +77,13 @@ def prepare(cfg, raw: datasets.DatasetDict):
             raise UserError(f"the {name} split has {len(streams[name])} tokens; need at least 2 to measure perplexity")
         windows = sliding_windows(streams[name], task.block_size, stride)
         splits[name] = datasets.Dataset.from_dict({"input_ids": [w for w, _ in windows], "labels": [lab for _, lab in windows]})
-    model, counts, arch = causal.load_model(cfg, tokenizer)
-    return Prepared(model, tokenizer, datasets.DatasetDict(splits), [], counts, arch, task=sys.modules[__name__], cfg=cfg)
+    model, counts = causal.load_model(cfg, tokenizer)
+    return Prepared(model, tokenizer, datasets.DatasetDict(splits), collator(tokenizer.pad_token_id), [], counts,
+                    task=sys.modules[__name__], cfg=cfg)
 
 
-def collator(prepared):
-    pad_id = prepared.tokenizer.pad_token_id
+def collator(pad_id: int):
+    """Right-padded blocks (or windows) with their labels."""
 
     def collate(examples):
         return causal.lm_batch([e["input_ids"] for e in examples], [e["labels"] for e in examples], pad_id)
@@ -94,8 +91,7 @@ def collator(prepared):
     return collate
 
 
-def training_loss(model, batch):
-    return causal.mean_token_loss(model, batch)
+loss = causal.loss
 
 
 @torch.no_grad()

@@ -14,9 +14,8 @@ import datasets
 import torch
 
 from tunelab.errors import UserError
-from tunelab.tasks import causal
-
-PRIMARY_METRIC, HIGHER_IS_BETTER, SELECT_METRIC = "rougeL", True, "loss"
+from tunelab.models.loading import check_context_length, load_config, load_tokenizer
+from tunelab.tasks import Prepared, causal
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
@@ -33,10 +32,7 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
     return {name: total / max(len(predictions), 1) for name, total in totals.items()}
 
 
-def prepare(cfg, raw: datasets.DatasetDict):
-    from tunelab.build import Prepared, check_context_length
-    from tunelab.models.loading import load_config, load_tokenizer
-
+def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
     task = cfg.task
     causal.check_template(task.template, raw)
     for split_name, split in raw.items():
@@ -59,12 +55,13 @@ def prepare(cfg, raw: datasets.DatasetDict):
 
     splits = datasets.DatasetDict({
         name: split.map(encode, remove_columns=split.column_names, keep_in_memory=True) for name, split in raw.items()})
-    model, counts, arch = causal.load_model(cfg, tokenizer)
-    return Prepared(model, tokenizer, splits, [], counts, arch, task=sys.modules[__name__], cfg=cfg)
+    model, counts = causal.load_model(cfg, tokenizer)
+    return Prepared(model, tokenizer, splits, collator(tokenizer.pad_token_id), [], counts, task=sys.modules[__name__],
+                    cfg=cfg)
 
 
-def collator(prepared):
-    pad_id = prepared.tokenizer.pad_token_id
+def collator(pad_id: int):
+    """Prompt + summary per example, with the bare prompts and references (for ROUGE)."""
 
     def collate(examples):
         pairs = [causal.prompt_answer(e["prompt_ids"], e["summary_ids"]) for e in examples]
@@ -76,8 +73,7 @@ def collator(prepared):
     return collate
 
 
-def training_loss(model, batch):
-    return causal.mean_token_loss(model, batch)
+loss = causal.loss
 
 
 @torch.no_grad()
@@ -104,6 +100,10 @@ def evaluate(model, loader, accelerator, prepared, split: str = "validation") ->
         metrics.update(rouge(predictions, references))
         prepared.extras[f"{split}_outputs"] = list(zip(predictions, references))
     return metrics
+
+
+def before_training(model, accelerator, prepared, test_loader) -> dict:
+    return {}
 
 
 def after_training(model, accelerator, prepared) -> dict:

@@ -1,4 +1,4 @@
-"""The comparison report: its numbers are the runs' numbers, cell by cell."""
+"""The comparison report, end to end: its numbers are the runs' numbers, cell by cell."""
 
 from __future__ import annotations
 
@@ -14,14 +14,13 @@ import yaml
 
 from conftest import cli_args
 from tunelab import cli
-from tunelab.report import pareto_front
 
-# Report header -> (summary key, unit in bytes or 1). Written here, apart from report.py, so
-# a column that shows the wrong number or the wrong unit fails.
+# Report header -> (where summary.json holds the number, unit in bytes or 1). Written here, apart
+# from the report package, so a column that shows the wrong number or the wrong unit fails.
 HEADERS = {
-    "test accuracy": ("test_accuracy", 1), "test loss": ("test_loss", 1), "test invalid_rate": ("test_invalid_rate", 1),
-    "test perplexity": ("test_perplexity", 1), "val. accuracy": ("validation_accuracy", 1),
-    "val. perplexity": ("validation_perplexity", 1), "eval loss": ("eval_loss", 1),
+    "test accuracy": ("test.accuracy", 1), "test loss": ("test.loss", 1), "test invalid_rate": ("test.invalid_rate", 1),
+    "test perplexity": ("test.perplexity", 1), "val. accuracy": ("validation.accuracy", 1),
+    "val. perplexity": ("validation.perplexity", 1), "eval loss": ("validation.loss", 1),
     "trainable": ("trainable_params", 1), "added": ("added_params", 1), "total": ("total_params", 1),
     "trainable %": ("trainable_percent", 1), "checkpoint (MB)": ("checkpoint_bytes", 1e6),
     "train time (s)": ("train_time_s", 1), "wall time (s)": ("wall_time_s", 1), "tokens/s": ("tokens_per_second", 1),
@@ -33,16 +32,25 @@ HEADERS = {
 }
 
 
-def summary_value(summary: dict, key: str):
-    if key.startswith("memory."):
-        return summary["memory"][key.split(".", 1)[1]]
-    if key.startswith("test_") and isinstance(summary.get("test"), dict) and key[5:] in summary["test"]:
-        return summary["test"][key[5:]]
-    return summary[key]
+def summary_value(summary: dict, path: str):
+    """The number at ``path`` in summary.json: ``test.accuracy`` is ``summary["test"]["accuracy"]``."""
+    value = summary
+    for key in path.split("."):
+        value = value[key]
+    return value
 
 
-def csv_key(column: str) -> str:
-    return column.replace("memory_", "memory.", 1) if column.startswith("memory_") else column
+def summary_path(column: str) -> str:
+    """Where summary.json holds the number of a results.csv column (the column keys predate
+    the nested format: ``test_accuracy``, ``eval_loss``, ``memory_weights_bytes``)."""
+    if column == "eval_loss":
+        return "validation.loss"
+    if column.startswith("test_") and column.endswith("_before"):
+        return "before." + column.removeprefix("test_").removesuffix("_before")
+    for split in ("test", "validation", "memory"):
+        if column.startswith(split + "_"):
+            return f"{split}.{column.removeprefix(split + '_')}"
+    return column
 
 
 def markdown_tables(text: str) -> dict[str, tuple[list[str], list[list[str]]]]:
@@ -118,7 +126,7 @@ def test_every_cell_equals_the_runs_summaries(tiny_run_config, tmp_path, capsys)
         summary = summaries[row["method"]]
         assert row["model"] == summary["model"] and row["primary_metric"] == "accuracy" and row["runs"] == "1"
         for column in numeric:
-            expected = summary_value(summary, csv_key(column))
+            expected = summary_value(summary, summary_path(column))
             assert float(row[column]) == expected, (row["method"], column)
             if isinstance(expected, int):
                 assert row[column] == str(expected)
@@ -151,21 +159,26 @@ def test_every_cell_equals_the_runs_summaries(tiny_run_config, tmp_path, capsys)
     assert summaries["head"]["git_hash"] in page and summaries["head"]["versions"]["torch"] in page
 
 
-def fake_run(folder: Path, method: str, seed: int = 0, validation: bool = True, **summary) -> Path:
-    """A finished run directory with a chosen summary.json (for report logic apart from training)."""
+def fake_run(folder: Path, method: str, seed: int = 0, curve: bool = True, accuracy: float = 0.8,
+             **summary) -> Path:
+    """A finished run directory with a chosen summary.json in the format the training loop writes
+    (for report logic apart from training): ``accuracy`` is the test accuracy unless ``test`` is
+    given whole; a key given as None is left out; ``curve`` writes validation records."""
     folder.mkdir(parents=True)
-    base = {"method": method, "model": "m", "data": "d", "task": "classification", "test_accuracy": 0.8,
-            "test_loss": 0.5, "eval_loss": 0.45, "validation_accuracy": 0.79, "trainable_params": 1000,
-            "added_params": 10, "total_params": 100_000, "trainable_percent": 1.0, "checkpoint_bytes": 4000,
-            "train_time_s": 12.5, "wall_time_s": 20.0, "tokens_per_second": 900.0, "peak_memory_bytes": 5e8,
-            "peak_memory_kind": "cpu_peak_rss", "best_step": 10, "best_epoch": 1.0, "steps": 10, "device": "cpu",
-            "versions": {"torch": "2.13.0"}, "git_hash": "abc",
+    base = {"method": method, "model": "m", "data": "d", "task": "classification", "primary_metric": "accuracy",
+            "higher_is_better": True, "select_metric": "loss",
+            "test": {"loss": 0.5, "accuracy": accuracy, "examples": 300}, "validation": {"loss": 0.45, "accuracy": 0.79},
+            "before": None, "trainable_params": 1000, "added_params": 10, "total_params": 100_000,
+            "trainable_percent": 1.0, "checkpoint_bytes": 4000, "train_time_s": 12.5, "wall_time_s": 20.0,
+            "tokens_per_second": 900.0, "train_examples": 200, "test_examples": 300, "peak_memory_bytes": 5e8,
+            "peak_memory_kind": "cpu_peak_rss", "best_step": 10, "best_epoch": 1.0, "steps": 10, "stopped_early": False,
+            "device": "cpu", "num_processes": 1, "versions": {"torch": "2.13.0"}, "git_hash": "abc",
             "memory": {"weights_bytes": 400_000, "gradients_bytes": 4000, "optimizer_bytes": 8000,
                        "activations_bytes": 100_000, "forward_peak_bytes": 508_000, "backward_peak_bytes": 512_000}}
     base.update(summary)
     (folder / "summary.json").write_text(json.dumps({k: v for k, v in base.items() if v is not None}))
     (folder / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method}, "train": {"seed": seed}}))
-    if validation:
+    if curve:
         records = [{"split": "validation", "step": s, "loss": 0.7 - 0.01 * s, "accuracy": 0.5} for s in (5, 10)]
         (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return folder
@@ -178,17 +191,19 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_new_summary_format_every_test_metric_and_a_none_row(tmp_path):
     comparison = tmp_path / "c"
-    fake_run(comparison / "instruct-lora", "lora", primary_metric="accuracy", higher_is_better=True,
-             test={"accuracy": 0.9, "loss": 0.3, "invalid_rate": 0.02, "examples": 50}, test_accuracy=0.9, test_loss=0.3)
-    # zero-shot: nothing trained, no curve, no memory breakdown, no train time
-    fake_run(comparison / "none", "none", validation=False, trainable_params=0, added_params=0, trainable_percent=0.0,
+    fake_run(comparison / "instruct-lora", "lora",
+             test={"accuracy": 0.9, "loss": 0.3, "invalid_rate": 0.02, "examples": 50})
+    # zero-shot: nothing trained, no curve, no memory breakdown, no train time, no test or validation loss
+    fake_run(comparison / "none", "none", curve=False, trainable_params=0, added_params=0, trainable_percent=0.0,
              checkpoint_bytes=None, train_time_s=None, tokens_per_second=None, memory=None, best_epoch=None,
-             test={"accuracy": 0.6, "invalid_rate": 0.3}, test_accuracy=0.6, test_loss=None, eval_loss=None)
+             test={"accuracy": 0.6, "invalid_rate": 0.3}, validation={"accuracy": 0.79})
     assert cli.main(["report", str(comparison)]) == 0
     rows = {r["method"]: r for r in read_csv(comparison / "results.csv")}
     assert float(rows["instruct-lora"]["test_invalid_rate"]) == 0.02
     assert float(rows["none"]["test_invalid_rate"]) == 0.3 and rows["none"]["train_time_s"] == ""
     assert "test_examples" not in rows["none"] and "test_rougeL" not in rows["none"]  # columns no row has: dropped
+    assert rows["none"]["test_loss"] == "" and rows["none"]["eval_loss"] == ""
+    assert float(rows["instruct-lora"]["eval_loss"]) == 0.45  # validation["loss"]
     headers, body = markdown_tables((comparison / "report.md").read_text())["Results"]
     assert headers[1:4] == ["test accuracy", "test invalid_rate", "test loss"]  # primary metric first
     none_row = dict(zip(headers, body[[r[0] for r in body].index("none")]))
@@ -196,12 +211,55 @@ def test_new_summary_format_every_test_metric_and_a_none_row(tmp_path):
     assert (comparison / "pareto.png").is_file() and (comparison / "memory_breakdown.png").is_file()
 
 
+def as_previous_loop_wrote_it(summary_file: Path) -> None:
+    """Rewrite a summary.json the way the training loop did before each number was held once:
+    every metric nested and flat too (``test_<metric>``, ``validation_<metric>``, ``eval_loss``,
+    ``test_<metric>_before``)."""
+    summary = json.loads(summary_file.read_text())
+    flat = {f"test_{k}": v for k, v in summary["test"].items()}
+    flat["eval_loss"] = summary["validation"].get("loss")
+    flat.update({f"validation_{k}": v for k, v in summary["validation"].items() if k != "loss"})
+    flat.update({f"test_{k}_before": v for k, v in (summary.get("before") or {}).items()})
+    summary_file.write_text(json.dumps({**summary, **flat}))
+
+
+def test_a_summary_of_the_previous_loop_gives_the_same_report(tmp_path):
+    comparison = tmp_path / "c"
+    fake_run(comparison / "lora", "lora", accuracy=0.8)
+    fake_run(comparison / "full", "full", accuracy=0.85, trainable_params=100_000,
+             test={"loss": 0.4, "accuracy": 0.85, "score_accuracy": 0.83, "invalid_rate": 0.01, "examples": 300})
+    outputs = ("results.csv", "runs.csv", "report.md", "report.html")
+    assert cli.main(["report", str(comparison)]) == 0
+    now = {name: (comparison / name).read_bytes() for name in outputs}
+    for summary_file in comparison.glob("*/summary.json"):
+        as_previous_loop_wrote_it(summary_file)
+    assert cli.main(["report", str(comparison)]) == 0
+    assert {name: (comparison / name).read_bytes() for name in outputs} == now
+
+
+def test_lm_runs_show_the_base_models_numbers_beside_theirs(tmp_path):
+    comparison = tmp_path / "c"
+    for method, perplexity in [("lora", 20.0), ("full", 18.5)]:
+        fake_run(comparison / method, method, task="lm", primary_metric="perplexity", higher_is_better=False,
+                 test={"loss": 3.0, "perplexity": perplexity, "tokens": 4096},
+                 validation={"loss": 3.1, "perplexity": perplexity + 1, "tokens": 2048},
+                 before={"loss": 3.5, "perplexity": 33.0, "tokens": 4096})
+    assert cli.main(["report", str(comparison)]) == 0
+    rows = {r["method"]: r for r in read_csv(comparison / "results.csv")}
+    assert float(rows["full"]["test_perplexity"]) == 18.5 and float(rows["full"]["test_perplexity_before"]) == 33.0
+    assert float(rows["lora"]["validation_perplexity"]) == 21.0 and float(rows["lora"]["eval_loss"]) == 3.1
+    assert list(rows["lora"])[7] == "test_perplexity"  # the primary metric first
+    md = (comparison / "report.md").read_text()
+    assert "Best test perplexity: **full** (18.5000)." in md  # lower is better
+    assert "Pareto front (test perplexity against trainable parameters, fewest first): full." in md
+
+
 def test_seeds_give_mean_and_sample_std(tmp_path):
     comparison = tmp_path / "c"
     accuracies = [0.80, 0.82, 0.81]
     for seed, acc in enumerate(accuracies):
-        fake_run(comparison / f"lora-seed{seed}", "lora", seed=seed, test_accuracy=acc)
-    fake_run(comparison / "head", "head", test_accuracy=0.7, trainable_params=10)
+        fake_run(comparison / f"lora-seed{seed}", "lora", seed=seed, accuracy=acc)
+    fake_run(comparison / "head", "head", accuracy=0.7, trainable_params=10)
     assert cli.main(["report", str(comparison)]) == 0
     rows = {r["method"]: r for r in read_csv(comparison / "results.csv")}
     assert rows["lora"]["runs"] == "3" and rows["lora"]["seeds"] == "0;1;2"
@@ -215,16 +273,9 @@ def test_seeds_give_mean_and_sample_std(tmp_path):
     assert len(read_csv(comparison / "runs.csv")) == 4
 
 
-def test_pareto_front():
-    points = [("a", 10, 0.70), ("b", 100, 0.80), ("c", 1000, 0.75), ("d", 1000, 0.85), ("e", 10, 0.65)]
-    assert pareto_front(points, higher_is_better=True) == ["a", "b", "d"]
-    # perplexity: lower is better
-    assert pareto_front([("a", 10, 30.0), ("b", 100, 20.0), ("c", 100, 25.0)], higher_is_better=False) == ["a", "b"]
-
-
 def test_report_across_comparisons(tmp_path, capsys):
-    fake_run(tmp_path / "one" / "lora", "lora", test_accuracy=0.8)
-    fake_run(tmp_path / "two" / "lora", "lora", test_accuracy=0.7)
+    fake_run(tmp_path / "one" / "lora", "lora", accuracy=0.8)
+    fake_run(tmp_path / "two" / "lora", "lora", accuracy=0.7)
     assert cli.main(["report", str(tmp_path / "one"), str(tmp_path / "two")]) == 2
     assert "--output" in capsys.readouterr().err
     assert cli.main(["report", str(tmp_path / "one"), str(tmp_path / "two"), "--output", str(tmp_path / "both")]) == 0
@@ -252,7 +303,7 @@ def test_report_html_renders_in_headless_chromium(tmp_path):
 
     comparison = tmp_path / "c"
     for method, params, acc in [("head", 10, 0.7), ("lora", 1000, 0.8), ("full", 100_000, 0.85)]:
-        fake_run(comparison / method, method, trainable_params=params, test_accuracy=acc)
+        fake_run(comparison / method, method, trainable_params=params, accuracy=acc)
     assert cli.main(["report", str(comparison)]) == 0
     screenshot = tmp_path / "report.png"
     with sync_playwright() as pw:

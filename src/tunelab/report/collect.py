@@ -1,0 +1,94 @@
+"""Reading run directories: which runs there are, and what each one wrote."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.errors import UserError
+from tunelab.summary import FILE as SUMMARY_FILE, Summary
+
+SEED_SUFFIX = re.compile(r"-seed\d+$")
+
+
+@dataclass
+class Run:
+    name: str
+    """The row it belongs to: the run directory's name without ``-seed<k>``."""
+    path: Path
+    summary: Summary
+    config: dict[str, Any]
+    validation: list[dict[str, Any]]
+    """Validation records of metrics.jsonl, in order."""
+
+    @property
+    def seed(self) -> Any:
+        """The seed of the run's config, or "" where it has none (shown as an empty cell)."""
+        return (self.config.get("train") or {}).get("seed", "")
+
+
+def read_run(path: Path, name: str) -> Run | None:
+    """A finished run directory (summary.json present), else None."""
+    if not (path / SUMMARY_FILE).is_file():
+        return None
+    # Summary keeps keys it does not know in .extra, so summaries of older versions read too.
+    summary = Summary.read(path)
+    config_file = path / "config.yaml"
+    config = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    return Run(name, path, summary, config or {}, _validation_records(path / "metrics.jsonl"))
+
+
+def _validation_records(metrics_file: Path) -> list[dict[str, Any]]:
+    if not metrics_file.is_file():
+        return []
+    records = (json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line.strip())
+    return [record for record in records if record.get("split") == "validation"]
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() or (path / SUMMARY_FILE).is_file()
+
+
+def collect(dirs: list[Path]) -> tuple[list[Run], list[Path], dict[str, str]]:
+    """Finished runs, unfinished run directories, and the comparison configs (label -> YAML).
+
+    Each of ``dirs`` is a comparison directory (its run directories are read) or a run
+    directory itself. With several comparisons, row names get the comparison's name in front.
+    """
+    finished: list[Run] = []
+    unfinished: list[Path] = []
+    configs: dict[str, str] = {}
+    several = sum(not _is_run_dir(d) for d in dirs) > 1
+    for directory in dirs:
+        if not directory.is_dir():
+            raise UserError(f"{directory} is not a directory; give comparison or run directories")
+        if _is_run_dir(directory):
+            candidates, prefix = [directory], ""
+        else:
+            candidates = _comparison_runs(directory, configs)
+            prefix = f"{directory.name}/" if several else ""
+        for path in candidates:
+            run = read_run(path, prefix + SEED_SUFFIX.sub("", path.name))
+            if run is None:
+                unfinished.append(path)
+            else:
+                finished.append(run)
+    return finished, unfinished, configs
+
+
+def _comparison_runs(directory: Path, configs: dict[str, str]) -> list[Path]:
+    """The run directories of one comparison, in the order its compare.yaml lists the methods
+    (by name where there is none); records that compare.yaml in ``configs``."""
+    candidates = sorted(p for p in directory.iterdir() if p.is_dir() and _is_run_dir(p))
+    compare_file = directory / "compare.yaml"
+    if compare_file.is_file():
+        configs[str(directory)] = compare_file.read_text(encoding="utf-8")
+        order = list((yaml.safe_load(configs[str(directory)]) or {}).get("methods") or {})
+        rank = {name: i for i, name in enumerate(order)}
+        candidates.sort(key=lambda p: (rank.get(SEED_SUFFIX.sub("", p.name), len(rank)), p.name))
+    return candidates

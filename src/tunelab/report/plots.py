@@ -1,0 +1,149 @@
+"""The report's plots, one function each: the PNG, or None where the runs have no data for it.
+
+matplotlib is imported inside the functions, with the Agg backend (no display needed): the
+``tunelab compare`` process imports this package and must stay light.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from tunelab.report.document import Image
+from tunelab.report.rows import Pareto, Results, Row
+
+Colors = dict[str, Any]
+"""Row name -> its matplotlib color, the same in every plot."""
+
+
+def make_plots(results: Results) -> list[Image]:
+    """Every plot the runs have data for, in the order the report shows them."""
+    rows, metric = results.rows, results.pareto.metric
+    plt = _pyplot()
+    colors = {row.name: plt.get_cmap("tab10")(i % 10) for i, row in enumerate(rows)}
+    made = [
+        ("validation_loss.png", "Validation loss per method", validation_loss(rows, colors)),
+        ("pareto.png", f"Test {metric} against trainable parameters", pareto(rows, results.pareto, colors)),
+        ("time_memory.png", "Train time and peak memory", time_memory(rows, colors)),
+        ("memory_breakdown.png", "Memory breakdown per method", memory_breakdown(rows)),
+    ]
+    return [Image(file, title, png) for file, title, png in made if png is not None]
+
+
+def validation_loss(rows: list[Row], colors: Colors) -> bytes | None:
+    """Validation loss against optimizer steps, every run of every method in one figure."""
+    curved = [row for row in rows if any(r.validation for r in row.runs)]
+    if not curved:
+        return None
+    fig, ax = _pyplot().subplots(figsize=(7.5, 4.5))
+    for row in curved:
+        for i, run in enumerate(row.runs):
+            records = [rec for rec in run.validation if "loss" in rec]
+            ax.plot([rec["step"] for rec in records], [rec["loss"] for rec in records], marker="o",
+                    color=colors[row.name], label=row.name if i == 0 else None,  # one legend entry per method
+                    alpha=1.0 if len(row.runs) == 1 else 0.6)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation loss")
+    ax.set_title("Validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return _png(fig)
+
+
+def pareto(rows: list[Row], front: Pareto, colors: Colors) -> bytes | None:
+    """The primary test metric against trainable parameters (log x), the Pareto front starred."""
+    if not front.points:
+        return None
+    import matplotlib.ticker
+
+    metric, on_front = front.metric, set(front.front)
+    by_name = {row.name: row for row in rows}
+    fig, ax = _pyplot().subplots(figsize=(7.5, 4.5))
+    for name, params, score in front.points:
+        x = max(params, 1)  # zero-shot rows train nothing; log axes start at 1
+        ax.errorbar(x, score, yerr=by_name[name].std(f"test_{metric}") or 0, fmt="*" if name in on_front else "o",
+                    markersize=13 if name in on_front else 7, color=colors[name], capsize=3)
+        ax.annotate(name + (" (0 trained)" if params == 0 else ""), (x, score), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ordered = [p for p in sorted(front.points, key=lambda p: p[1]) if p[0] in on_front]
+    ax.step([max(p[1], 1) for p in ordered], [p[2] for p in ordered], where="post", color="gray",
+            linestyle="--", linewidth=1, label="Pareto front")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: labels stay readable
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(f"Test {metric} against trainable parameters (stars: Pareto front)")
+    ax.grid(alpha=0.3, which="both")
+    ax.margins(x=0.12, y=0.1)  # room for the labels of the outermost points
+    ax.legend(fontsize=8, loc="best")
+    return _png(fig)
+
+
+def time_memory(rows: list[Row], colors: Colors) -> bytes | None:
+    """Train time and peak memory per method, side by side as horizontal bars."""
+    timed = [row for row in rows if row.mean("train_time_s") is not None or row.mean("peak_memory_bytes") is not None]
+    if not timed:
+        return None
+    fig, axes = _pyplot().subplots(1, 2, figsize=(10, 0.45 * len(timed) + 1.5))
+    labels = [row.name for row in timed]
+    for ax, key, label, scale in [(axes[0], "train_time_s", "train time (s)", 1.0),
+                                  (axes[1], "peak_memory_bytes", "peak memory (MB)", 1e6)]:
+        values = [(row.mean(key) or 0) / scale for row in timed]
+        errors = [(row.std(key) or 0) / scale for row in timed]
+        ax.barh(labels, values, xerr=errors, color=[colors[n] for n in labels], capsize=3)
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3, axis="x")
+    axes[1].set_yticklabels([])  # the left panel names the methods for both
+    fig.suptitle("Train time and peak memory")
+    return _png(fig)
+
+
+MEMORY_PARTS = [("memory_weights_bytes", "weights", "#4c72b0"),
+                ("memory_optimizer_bytes", "optimizer state", "#dd8452"),
+                ("memory_activations_bytes", "activations", "#55a868"),
+                ("memory_gradients_bytes", "gradients", "#c44e52")]
+"""The stacked parts of one step's memory (column key, label, color), bottom first."""
+
+
+def memory_breakdown(rows: list[Row]) -> bytes | None:
+    """Memory of one step per method: weights, optimizer state, activations, and in backward
+    the gradients too; one stacked bar for the forward peak and one for the backward peak."""
+    profiled = [row for row in rows if row.mean("memory_weights_bytes") is not None]
+    if not profiled:
+        return None
+    labels, stacks = [], []
+    for row in profiled:
+        for phase in ("forward", "backward"):
+            labels.append(f"{row.name} · {phase}")
+            # Gradients exist only once backward has run.
+            stacks.append([0 if phase == "forward" and key == "memory_gradients_bytes" else (row.mean(key) or 0) / 1e6
+                           for key, _, _ in MEMORY_PARTS])
+    fig, ax = _pyplot().subplots(figsize=(8, 0.32 * len(labels) + 1.5))
+    left = [0.0] * len(labels)
+    for j, (_, part, color) in enumerate(MEMORY_PARTS):
+        widths = [stack[j] for stack in stacks]
+        ax.barh(labels, widths, left=left, color=color, label=part)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.invert_yaxis()
+    ax.set_xlabel("MB (one training step, counted bytes)")
+    ax.set_title("Memory breakdown: forward and backward peak per method")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3, axis="x")
+    return _png(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,93 @@
+"""``summary.json``: what a finished run reports, each number once.
+
+Written by the training loop at the end of a run and read as it is by ``tunelab report``,
+``compare`` and anyone scripting over run directories. The metrics of a split stay together
+in one mapping (``test``, ``validation``, ``before``), named as the task names them.
+Importing this module needs no torch: the comparison's own process reads summaries.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+FILE = "summary.json"
+
+
+@dataclass
+class Summary:
+    method: str
+    model: str
+    data: str
+    task: str
+    primary_metric: str
+    """The headline test number of the task (accuracy, perplexity, rougeL)."""
+    higher_is_better: bool
+    select_metric: str
+    """The validation metric that picked the best checkpoint."""
+    test: dict[str, Any]
+    """Test metrics of the best-validation checkpoint (always with ``loss``)."""
+    validation: dict[str, Any]
+    """Validation metrics of that checkpoint."""
+    best_step: int | None
+    best_epoch: float | None
+    steps: int
+    """Optimizer steps taken."""
+    stopped_early: bool
+    trainable_params: int
+    added_params: int
+    """Parameters the task head and the method add to the pretrained model."""
+    total_params: int
+    trainable_percent: float
+    checkpoint_bytes: int
+    train_time_s: float
+    """The training loop's wall time, validations included."""
+    wall_time_s: float
+    """Set-up, training, test and writing together."""
+    tokens_per_second: float
+    """Non-pad training tokens per second of training steps."""
+    train_examples: int
+    test_examples: int
+    label_names: list[str]
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    """``cpu_peak_rss`` (the process's peak resident set) or ``cuda_max_allocated``."""
+    memory: dict[str, Any] | None
+    """Bytes of the first training step: weights, gradients, optimizer state, activations."""
+    device: str
+    num_processes: int
+    versions: dict[str, str]
+    git_hash: str | None
+    before: dict[str, Any] | None = None
+    """Test metrics of the base model before training, where the task measures them (lm)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Keys of a summary written by another tunelab version that this one does not know."""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        return data
+
+    def write(self, run_dir: Path) -> None:
+        from tunelab.runs import write_json
+
+        write_json(run_dir / FILE, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Summary":
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in data.items() if k in known}
+        for f in fields(cls):  # an older or partial summary: an absent value is unknown, not an error
+            if f.name in known and f.name not in values and f.default is MISSING and f.default_factory is MISSING:
+                values[f.name] = None
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known})
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "Summary":
+        return cls.from_dict(json.loads((run_dir / FILE).read_text(encoding="utf-8")))
+
+    def metric(self, split: str, name: str) -> Any:
+        """One metric of ``test``, ``validation`` or ``before`` (None when absent)."""
+        return (getattr(self, split) or {}).get(name)

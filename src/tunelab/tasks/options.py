@@ -1,0 +1,138 @@
+"""The options of every task, one class each, as the config's ``task`` section holds them.
+
+Each class is registered with its module in :mod:`tunelab.tasks`; its ``name`` default is the
+YAML ``task.name``, the registry key and the module's name. What the report, the comparison and
+``generate`` need to know of a task without loading it (its metrics, whether it runs on a causal
+LM) are class variables here. Pydantic only, no torch.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tunelab.schema import Strict
+
+
+class TaskOptions(Strict):
+    name: str
+    primary_metric: ClassVar[str] = "accuracy"
+    """The headline test number."""
+    higher_is_better: ClassVar[bool] = True
+    """Of the primary metric."""
+    select_metric: ClassVar[str] = "accuracy"
+    """The validation number that picks the best checkpoint when ``train.select_metric`` is auto
+    (``loss`` is always lower-is-better, every other select metric higher-is-better)."""
+    causal: ClassVar[bool] = False
+    """Runs on a causal LM (so its runs can generate)."""
+
+    @property
+    def input_length(self) -> int:
+        """Tokens per training example, at most (what ``--quick`` and ``profile`` size by)."""
+        return self.max_length
+
+
+class ClassificationTask(TaskOptions):
+    name: Literal["classification"] = "classification"
+    max_length: int = Field(128, ge=8, le=8192)
+    """Inputs are truncated to this many tokens."""
+    pooling: Literal["mean", "cls", "last"] = "mean"
+    """Mean over non-pad tokens, the first token's hidden state (encoders), or the last real
+    token's (decoders, where only the last token has seen the whole text)."""
+    classifier_dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class InstructTask(TaskOptions):
+    """Classification by a causal LM: a prompt rendered from a template, answered by a label word.
+
+    Evaluation reports both ways side by side: ``generate`` (greedy decoding of a few tokens,
+    mapped to a label when the output starts with a label word, anything else wrong and counted
+    as invalid) and ``score`` (the label whose tokens are most likely after the prompt).
+    """
+
+    name: Literal["instruct"] = "instruct"
+    causal: ClassVar[bool] = True
+    template: str = "Review: {text}\nSentiment:"
+    """Prompt with ``{field}`` placeholders naming data columns (e.g. ``{passage}``, ``{question}``)."""
+    label_words: list[str] | dict[str, str] | None = None
+    """The word that answers each label: a list in label order, or a mapping label -> word.
+    None: the label names themselves (e.g. negative / positive)."""
+    answer_prefix: str = " "
+    """Put between the prompt and the label word (a space, so "Sentiment: positive")."""
+    loss_on: Literal["answer", "sequence"] = "answer"
+    """Train on the answer tokens only (the default), or on the whole sequence."""
+    max_length: int = Field(256, ge=8, le=131072)
+    """Prompt + answer are cut to this many tokens by truncating the longest template field."""
+    shots: int = Field(0, ge=0, le=64)
+    """In-context demonstrations from train (drawn once by ``shots_seed``) put before every prompt."""
+    shots_seed: int = 0
+    shot_separator: str = "\n\n"
+    max_new_tokens: int = Field(3, ge=1, le=64)
+    """Tokens generated per example for generate-accuracy."""
+    generate_on_validation: bool = False
+    """Also generate on validation (slower); by default validation scores the labels only."""
+
+    @field_validator("label_words", mode="before")
+    @classmethod
+    def _label_keys_as_text(cls, value):
+        # YAML reads `True: yes` with a boolean key; labels are compared as text.
+        words = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else []
+        if any(isinstance(w, bool) for w in words):
+            raise ValueError("a label word was read as a boolean; quote yes/no/on/off in YAML, e.g. 'yes'")
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+
+class LMTask(TaskOptions):
+    """Language modeling: documents tokenized, concatenated and cut into ``block_size`` blocks."""
+
+    name: Literal["lm"] = "lm"
+    primary_metric: ClassVar[str] = "perplexity"
+    higher_is_better: ClassVar[bool] = False
+    select_metric: ClassVar[str] = "loss"
+    causal: ClassVar[bool] = True
+    block_size: int = Field(256, ge=8, le=131072)
+    """Training block length in tokens; also the evaluation window."""
+    stride: int | None = Field(None, ge=1)
+    """Evaluation window step: every token is predicted once, with up to ``block_size - stride``
+    tokens of extra context from the previous window. None: ``block_size`` (no overlap)."""
+    join: Literal["eos", "none"] = "eos"
+    """Put the end-of-sequence token between documents, or nothing (line-level corpora such as
+    wikitext whose rows already end with a newline)."""
+    eval_before: bool = True
+    """Also evaluate the test split and sample generations before training (the base model)."""
+    sample_prompts: list[str] = ["The history of the city", "In mathematics, a", "The film was released"]
+    """Fixed prompts whose greedy continuations are saved in the run (samples.json)."""
+    sample_max_new_tokens: int = Field(40, ge=1, le=1024)
+
+    @property
+    def input_length(self) -> int:
+        return self.block_size
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> "LMTask":
+        if self.stride is not None and self.stride > self.block_size:
+            raise ValueError(f"stride {self.stride} is larger than block_size {self.block_size}; "
+                             "windows would skip tokens")
+        return self
+
+
+class SummarizationTask(TaskOptions):
+    """(article, summary) pairs: the loss on the summary tokens; ROUGE on greedy generations."""
+
+    name: Literal["summarization"] = "summarization"
+    primary_metric: ClassVar[str] = "rougeL"
+    select_metric: ClassVar[str] = "loss"
+    causal: ClassVar[bool] = True
+    template: str = "{article}\nTL;DR:"
+    summary_column: str = "summary"
+    """The reference summary's column (the article fields are named in the template)."""
+    answer_prefix: str = " "
+    max_length: int = Field(512, ge=16, le=131072)
+    """Prompt + summary tokens; the longest template field (the article) is truncated to fit."""
+    max_summary_tokens: int = Field(96, ge=1)
+    """Reference summaries are cut to this many tokens for training."""
+    max_new_tokens: int = Field(64, ge=1, le=1024)
+    """Generated tokens per article for ROUGE."""
+    rouge_on_validation: bool = False
+    """Also generate and compute ROUGE on validation (slower); by default only the loss."""
