@@ -127,6 +127,39 @@ def test_non_utf8_file(train_cli, tmp_path):
     assert "line 2" in line
 
 
+def _with_missing(path: Path) -> Path:
+    """Reviews whose label is missing in rows 2 and 5 (from 0) and whose text is empty in row 7."""
+    import pandas as pd
+
+    rows = [{"text": f"film {i} {'good' if i % 2 else 'bad'}", "label": "positive" if i % 2 else "negative"}
+            for i in range(30)]
+    rows[2]["label"], rows[5]["label"], rows[7]["text"] = None, "", " "
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    elif path.suffix == ".parquet":
+        pd.DataFrame(rows).to_parquet(path)
+    else:
+        pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("suffix, first_label, first_text", [(".csv", "line 4", "line 9"), (".jsonl", "line 3", "line 8"),
+                                                             (".parquet", "row 3, counting from 1", "row 8, counting from 1")])
+def test_missing_labels_and_texts_are_refused_before_the_split(train_cli, tmp_path, suffix, first_label, first_text):
+    """Not a third class named None: the rows are counted and the first named, as in the file."""
+    data = _with_missing(tmp_path / f"reviews{suffix}")
+    line = assert_one_line_error(*train_cli("--data.name", str(data)), str(data), "data.drop_missing: true")
+    assert f"2 rows have no label in 'label' (the first is {first_label})" in line
+    assert f"1 row has no text in 'text' (the first is {first_text})" in line
+
+
+def test_a_label_outside_data_labels(train_cli, tmp_path):
+    data = tmp_path / "three.csv"
+    data.write_text("text,label\n" + "".join(f"film {i},{['negative', 'positive', 'mixed'][i % 3]}\n" for i in range(30)))
+    assert_one_line_error(*train_cli("--data.name", str(data), "--data.labels", "[negative, positive]"),
+                          "label 'mixed' (10 rows, the first is line 4)", "negative, positive")
+
+
 def test_dataset_name_that_is_a_model(train_cli):
     assert_one_line_error(*train_cli("--data.name", "minilm-l6"), "not a dataset", "rt-snippets")
 

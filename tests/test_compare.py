@@ -42,17 +42,21 @@ def test_default_comparison_runs_every_method_on_the_same_budget():
     names = [run.name for run in plan.runs]
     assert set(METHODS.names()) - NOT_FOR_ENCODER_CLASSIFICATION <= set(names)
     assert plan.directory == Path("runs/compare-minilm-l6-rt-snippets")
-    # the LSTM baseline has no pretrained model; everything else is shared
+    # the LSTM baseline has no pretrained model and its own budget in epochs; everything else is shared
     exclude = {"method": True, "output": True, "train": {"lr"}}
-    shared = {run.name: run.config.model_dump(exclude={**exclude, "model": True} if run.name == "lstm" else exclude)
+    lstm_exclude = {**exclude, "model": True, "train": {"lr", "epochs", "eval_every_steps"}}
+    shared = {run.name: run.config.model_dump(exclude=lstm_exclude if run.name == "lstm" else exclude)
               for run in plan.runs}
-    for name, cfg in shared.items():
-        assert cfg == {k: v for k, v in shared["lora"].items() if k in cfg}, name  # data, task, epochs, batch, seed
+    for name, cfg in shared.items():  # data, task, epochs, batch, seed: the keys each run shares
+        lora = shared["lora"]
+        assert cfg == {k: {kk: lora[k][kk] for kk in v} if isinstance(v, dict) else lora[k] for k, v in cfg.items()}, name
     for run in plan.runs:  # the learning rates of the single-method configs
         single_file = CONFIGS / "lstm" / "rt-snippets.yaml" if run.name == "lstm" else \
             CONFIGS / "minilm-l6" / f"rt-snippets-{run.name}.yaml"
         single = yaml.safe_load(single_file.read_text())
         assert run.config.train.lr == pytest.approx(float(single["train"]["lr"])), run.name
+        if run.name == "lstm":  # the course default, since one epoch of a model learned from scratch means little
+            assert run.config.train.epochs == single["train"]["epochs"] == 5
         assert run.config.method.name == run.name and run.run_dir == plan.directory / run.name
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM
 
 from tunelab.config import RunConfig
-from tunelab.data.sources import load_splits
+from tunelab.data.sources import load_data
 from tunelab.errors import UserError
 from tunelab.methods import METHODS, apply_method
 from tunelab.models.families import family_of
@@ -24,13 +24,21 @@ from tunelab.tasks import TASKS, Prepared
 from tunelab.tasks.classification import SequenceClassifier
 
 
-def prepare(cfg: RunConfig, run_dir: Path | None = None) -> Prepared:
+def prepare(cfg: RunConfig, run_dir: Path | None = None, whole_data: bool = False) -> Prepared:
     """Data, tokenizer and model with its method applied. ``run_dir``: rebuilding a trained
-    run, whose saved files (the LSTM's vocabulary) are read back instead of built anew."""
-    raw = load_splits(cfg.data)
+    run, whose saved files (the LSTM's vocabulary) are read back instead of built anew.
+    ``whole_data``: every row of the data in each split, unsplit (``tunelab eval --split all``).
+
+    The data's rows are checked against the columns the task reads before anything else
+    (:func:`tunelab.data.sources.load_data`); the rows ``data.drop_missing`` drops are counted
+    in ``Prepared.dropped``."""
+    loaded = load_data(cfg.data, cfg.task, whole=whole_data)
     if not cfg.method.pretrained:
-        return METHODS.load(cfg.method.name).prepare(cfg, raw, run_dir)
-    return TASKS.load(cfg.task.name).prepare(cfg, raw)
+        prepared = METHODS.load(cfg.method.name).prepare(cfg, loaded.splits, run_dir)
+    else:
+        prepared = TASKS.load(cfg.task.name).prepare(cfg, loaded.splits)
+    prepared.dropped = loaded.dropped
+    return prepared
 
 
 def model_from_config(cfg: RunConfig, hf_config, causal: bool, num_labels: int = 2,

@@ -105,11 +105,15 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
+    from tunelab.config import parse_overrides
     from tunelab.evaluate import evaluate_run
 
-    if extra:
-        raise UserError(f"unexpected arguments: {' '.join(extra)}")
-    result = evaluate_run(Path(args.run_dir), args.split)
+    overrides = parse_overrides(extra)
+    other = sorted(set(overrides) - {"data"})
+    if other:
+        raise UserError(f"eval takes --data.KEY overrides only (the run fixes the rest); got --{other[0]}.*")
+    result = evaluate_run(Path(args.run_dir), args.split, overrides.get("data"))
+    result.pop("predictions", None)  # per-example records; the numbers are what eval prints
     print(format_metrics(result, result["split"]))
     if args.json:
         print(json.dumps(result))
@@ -117,11 +121,21 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
-    from tunelab.evaluate import predict_run
+    from tunelab.evaluate import check_output, predict_run, texts_to_label, write_predictions
 
-    if extra:
-        raise UserError(f"unexpected arguments: {' '.join(extra)}")
-    for result in predict_run(Path(args.run_dir), args.texts):
+    options = [a for a in extra if a.startswith("--")]
+    if options:
+        raise UserError(f"unexpected arguments: {' '.join(options)}")
+    # Texts after an option reach here unparsed (nargs="*").
+    texts, column = texts_to_label(Path(args.run_dir), args.texts + extra, args.file, args.column)
+    if args.output:
+        check_output(Path(args.output), [Path(args.file)] if args.file else [])
+    results = predict_run(Path(args.run_dir), texts)
+    if args.output:
+        write_predictions(Path(args.output), results, column)
+        print(f"{len(results)} predictions -> {args.output}")
+        return 0
+    for result in results:
         if args.json:
             print(json.dumps(result))
         else:
@@ -259,15 +273,20 @@ def add_run_commands(sub) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last snapshot")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="rebuild a run from base weights + checkpoint and evaluate it")
+    p = sub.add_parser("eval", help="rebuild a run from base weights + checkpoint and evaluate it, on its data or "
+                                    "on other data given as --data.KEY VALUE overrides (its labels mapped by name)")
     p.add_argument("run_dir")
-    p.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    p.add_argument("--split", choices=["train", "validation", "test", "all"], default=None,
+                   help="all: every row of the data (the default with --data.name), else test")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="the predicted label and its probability for each text, from a trained run")
     p.add_argument("run_dir")
-    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.add_argument("--file", help="label every text of a csv/tsv/jsonl/parquet/txt file instead")
+    p.add_argument("--column", help="the file's text column (default: the run's data.text_column)")
+    p.add_argument("--output", help="write a CSV: text, label, probability, probability_<label> for every label")
     p.add_argument("--json", action="store_true", help="one JSON object per text, with every label's probability")
     p.set_defaults(func=cmd_predict)
 

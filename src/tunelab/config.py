@@ -65,6 +65,32 @@ class DataConfig(Strict):
     """Keep only the first N validation examples (overrides max_eval_examples for validation)."""
     max_test_examples: int | None = Field(None, ge=1)
     """Keep only the first N test examples (overrides max_eval_examples for test)."""
+    drop_missing: bool = False
+    """Drop the rows whose label, or text in a column the task reads, is missing or empty
+    (counted in summary.json as dropped_examples). False: such rows are refused, naming the
+    first one."""
+    labels: list[str] | None = None
+    """The label names in id order, fixed: a label outside them is refused. None: the sorted
+    labels of the train split (or the names of its ClassLabel feature). ``tunelab eval`` on
+    other data sets it to the run's labels, so they map onto the model's classes by name."""
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_text(cls, value):
+        if isinstance(value, list):
+            if any(isinstance(v, bool) for v in value):
+                raise ValueError("a label was read as a boolean; quote yes/no/true/false in YAML, e.g. 'yes'")
+            # as the data's labels are read (tunelab.data.labels.label_key): 1 and 1.0 are "1"
+            integral = lambda v: isinstance(v, float) and v.is_integer()  # noqa: E731
+            return [str(int(v)) if integral(v) else str(v) if isinstance(v, (int, float)) else v for v in value]
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_distinct(cls, value):
+        if value is not None and (len(value) < 2 or len(set(value)) < len(value)):
+            raise ValueError(f"give at least 2 distinct labels (got {value})")
+        return value
 
 
 class TrainConfig(Strict):
@@ -90,6 +116,9 @@ class TrainConfig(Strict):
     accuracy for classification and instruct, loss for lm and summarization."""
     cpu: bool = False
     """Force the CPU even where a GPU is present."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (random groups of similar length, in random
+    order, every example once per epoch), so batches carry little padding."""
 
 
 class EvalConfig(Strict):

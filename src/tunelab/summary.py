@@ -62,6 +62,10 @@ class Summary:
     git_hash: str | None
     before: dict[str, Any] | None = None
     """Test metrics of the base model before training, where the task measures them (lm)."""
+    padding_fraction: float | None = None
+    """Of the tokens in the training batches, the share that was padding."""
+    dropped_examples: int = 0
+    """Examples dropped for a missing label or text (``data.drop_missing``)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys of a summary written by another tunelab version that this one does not know."""
 

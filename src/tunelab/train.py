@@ -14,6 +14,7 @@ which task or method it runs.
 
 from __future__ import annotations
 
+import json
 import math
 import resource
 import sys
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from tunelab import profile, runs, tasks
+from tunelab.batching import LengthGroupedBatches, SortedBatches, example_lengths
 from tunelab.config import RunConfig
 from tunelab.errors import UserError
 from tunelab.methods.common import inference_state, load_trainable_state, trainable_state
@@ -36,8 +38,10 @@ from tunelab.summary import Summary
 from tunelab.tasks import Prepared
 
 LOG_EVERY_STEPS = 10
-COUNTS = ("examples", "tokens")
-"""Entries of a task's loss metrics that count the batch; every other entry is a per-example sum."""
+COUNTS = ("examples", "tokens", "positions")
+"""Entries of a task's loss metrics that count the batch (examples, non-pad tokens, padded
+positions); every other entry is a per-example sum."""
+PREDICTIONS = "predictions.jsonl"
 
 
 @dataclass
@@ -59,6 +63,8 @@ class TrainState:
     last_eval_step: int = -1
     stopped_early: bool = False
     train_tokens: int = 0
+    train_positions: int = 0
+    """Token positions of the training batches, padding included."""
     train_seconds: float = 0.0
     """Time inside training steps only: what tokens/s is measured against."""
     loop_seconds: float = 0.0
@@ -86,6 +92,8 @@ class Loop:
     train_loader: DataLoader
     valid_loader: DataLoader
     test_loader: DataLoader
+    test_order: list[int]
+    """The test split's example indices in the order its (length-sorted) loader yields them."""
     total_steps: int
     select_metric: str
     higher_is_better: bool
@@ -114,10 +122,23 @@ def peak_memory(accelerator: Accelerator) -> dict[str, Any]:
 
 
 def make_loaders(cfg: RunConfig, prepared: Prepared) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """Train batches grouped by length (or plainly shuffled); evaluation sorted by length,
+    which changes no metric, only how much padding is computed."""
     collate, splits = prepared.collate, prepared.splits
-    return (DataLoader(splits["train"], batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate),
-            DataLoader(splits["validation"], batch_size=cfg.eval.batch_size, collate_fn=collate),
-            DataLoader(splits["test"], batch_size=cfg.eval.batch_size, collate_fn=collate))
+    known = prepared.lengths or {}
+
+    def lengths(name: str) -> list[int]:
+        return known[name] if name in known else example_lengths(splits[name], collate)
+
+    def sorted_loader(name: str) -> DataLoader:
+        return DataLoader(splits[name], batch_sampler=SortedBatches(lengths(name), cfg.eval.batch_size), collate_fn=collate)
+
+    if cfg.train.group_by_length:
+        batches = LengthGroupedBatches(lengths("train"), cfg.train.batch_size, cfg.train.seed)
+        train = DataLoader(splits["train"], batch_sampler=batches, collate_fn=collate)
+    else:
+        train = DataLoader(splits["train"], batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate)
+    return train, sorted_loader("validation"), sorted_loader("test")
 
 
 def setup(cfg: RunConfig, prepared: Prepared, run_dir: Path, accelerator: Accelerator) -> Loop:
@@ -126,13 +147,15 @@ def setup(cfg: RunConfig, prepared: Prepared, run_dir: Path, accelerator: Accele
     params = [p for p in prepared.model.parameters() if p.requires_grad]
     # Method `none` trains nothing: the loop is skipped and the base model is evaluated as is.
     optimizer = torch.optim.AdamW(params or [torch.nn.Parameter(torch.zeros(1))], lr=tc.lr, weight_decay=tc.weight_decay)
-    model, optimizer, *loaders = accelerator.prepare(prepared.model, optimizer, *make_loaders(cfg, prepared))
+    loaders = make_loaders(cfg, prepared)
+    test_order = list(loaders[2].batch_sampler.order)
+    model, optimizer, *loaders = accelerator.prepare(prepared.model, optimizer, *loaders)
     steps_per_epoch = math.ceil(len(loaders[0]) / tc.grad_accum)
     total_steps = min(tc.max_steps or math.inf, tc.epochs * steps_per_epoch) if params else 0
     # Not passed to accelerator.prepare: we step it once per optimizer step ourselves.
     scheduler = get_linear_schedule_with_warmup(optimizer, round(tc.warmup_ratio * total_steps), total_steps)
     select_metric, higher_is_better = tasks.select_metric(cfg)
-    return Loop(cfg, prepared, run_dir, accelerator, model, params, optimizer, scheduler, *loaders,
+    return Loop(cfg, prepared, run_dir, accelerator, model, params, optimizer, scheduler, *loaders, test_order,
                 total_steps=total_steps, select_metric=select_metric, higher_is_better=higher_is_better)
 
 
@@ -211,6 +234,7 @@ def train_step(loop: Loop, state: TrainState, batch: tasks.Batch) -> bool:
         loop.optimizer.zero_grad()
     state.batches_done += 1
     state.train_tokens += int(metrics["tokens"]) * accelerator.num_processes
+    state.train_positions += int(metrics["positions"]) * accelerator.num_processes
     state.train_seconds += time.perf_counter() - started
     value = loss.item()
     loop.window.append(value)
@@ -218,7 +242,7 @@ def train_step(loop: Loop, state: TrainState, batch: tasks.Batch) -> bool:
     sums = state.epoch_sums
     sums["loss"] = sums.get("loss", 0.0) + value * metrics["examples"]
     for key, amount in metrics.items():
-        if key != "tokens":
+        if key not in ("tokens", "positions"):
             sums[key] = sums.get(key, 0.0) + float(amount)
     return accelerator.sync_gradients
 
@@ -288,6 +312,7 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
     load_trainable_state(loop.accelerator.unwrap_model(loop.model),
                          runs.load_tensors(run_dir / runs.CHECKPOINT / "model.safetensors"))
     test = task.evaluate(loop.model, loop.test_loader, loop.accelerator, prepared, "test")
+    predictions = test.pop("predictions", None)
     after = task.after_training(loop.model, loop.accelerator, prepared)
     before = state.before or {}
     summary = Summary(
@@ -300,6 +325,8 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         checkpoint_bytes=runs.checkpoint_bytes(run_dir), train_time_s=state.loop_seconds,
         wall_time_s=time.perf_counter() - started,
         tokens_per_second=state.train_tokens / max(state.train_seconds, 1e-9),
+        padding_fraction=1 - state.train_tokens / state.train_positions if state.train_positions else None,
+        dropped_examples=prepared.dropped,
         train_examples=len(prepared.splits["train"]), test_examples=len(prepared.splits["test"]),
         label_names=prepared.label_names, **peak_memory(loop.accelerator), memory=state.memory,
         device=str(loop.accelerator.device), num_processes=loop.accelerator.num_processes,
@@ -308,6 +335,14 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         if before.get("samples") or after.get("samples"):
             runs.write_json(run_dir / "samples.json", {"before": before.get("samples"), "after": after.get("samples")})
         runs.append_metrics(run_dir, {"split": "test", "step": state.step, **test})
+        if predictions is not None:
+            write_predictions(run_dir / PREDICTIONS, predictions, loop.test_order)
         summary.write(run_dir)
         runs.remove_state(run_dir)
     return summary
+
+
+def write_predictions(path: Path, predictions: list[dict[str, Any]], order: list[int]) -> None:
+    """One line per test example, by its index in the test split (the loader ran length-sorted)."""
+    by_id = sorted(zip(order, predictions), key=lambda pair: pair[0])
+    runs.atomic_write_text(path, "".join(json.dumps({"id": i, **p}) + "\n" for i, p in by_id))

@@ -8,6 +8,7 @@ import pytest
 
 from tunelab.report import pareto_front
 from tunelab.report.collect import Run
+from tunelab.report.paired import best_row
 from tunelab.report.rows import Pareto, make_rows, primary_metric, run_values, scores
 from tunelab.summary import Summary
 
@@ -66,5 +67,6 @@ def test_pareto_of_rows_fewest_parameters_first_and_the_best_row():
     assert [p[0] for p in pareto.points] == ["full", "head", "bad", "lora"]
     assert pareto.front == ["head", "lora", "full"]
     assert pareto.points[3][2] == pytest.approx(0.82)  # the mean over seeds
-    assert pareto.best() == ("full", 1000, 0.9)
-    assert Pareto.of(rows, "perplexity", higher_is_better=False).best() is None
+    assert best_row(rows, "accuracy", higher_is_better=True).name == "full"
+    assert best_row(make_rows([run("none", test={"accuracy": 0.5})]), "accuracy", True).name == "none"  # no params needed
+    assert best_row(rows, "perplexity", higher_is_better=False) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import statistics
 from html.parser import HTMLParser
@@ -65,8 +66,20 @@ def markdown_tables(text: str) -> dict[str, tuple[list[str], list[list[str]]]]:
     return tables
 
 
-def check_cell(text: str, value: float, scale: float) -> None:
-    """A shown number equals the run's value to the precision it is shown with."""
+def wilson(p: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval by its closed form, written here apart from the report package."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def check_cell(text: str, value: float, scale: float, examples: int | None = None) -> None:
+    """A shown number equals the run's value to the precision it is shown with; where the
+    cell also shows an interval ``[low, high]``, it is the Wilson interval over ``examples``."""
+    text, _, interval = text.partition(" [")
+    if interval:
+        shown = [float(bound) for bound in interval.rstrip("]").split(", ")]
+        assert shown == [round(bound, 2) for bound in wilson(value, examples)], (text, interval, value, examples)
     number = text.replace(",", "")
     decimals = len(number.split(".")[1]) if "." in number else 0
     tolerance = 0.5 * 10 ** -decimals * scale * (1 + 1e-9)
@@ -103,6 +116,44 @@ def html_tables(text: str) -> list[list[list[str]]]:
     return parser.tables
 
 
+def check_results_csv(path: Path, summaries: dict[str, dict]) -> None:
+    """results.csv: every value exactly as in summary.json, the Wilson bounds appended."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["method"] for r in rows] == ["head", "lora"]
+    intervals = [c for c in rows[0] if c.endswith(("_ci_low", "_ci_high"))]
+    numeric = [c for c in rows[0] if c not in ("method", "model", "data", "task", "primary_metric", "runs", "seeds")
+               and c not in intervals]
+    assert list(rows[0])[-2:] == intervals == ["test_accuracy_ci_low", "test_accuracy_ci_high"]  # appended
+    assert {"test_accuracy", "test_loss", "eval_loss", "trainable_params", "total_params", "checkpoint_bytes",
+            "train_time_s", "peak_memory_bytes", "memory_activations_bytes"} <= set(numeric)
+    for row in rows:
+        summary = summaries[row["method"]]
+        assert row["model"] == summary["model"] and row["primary_metric"] == "accuracy" and row["runs"] == "1"
+        for column in numeric:
+            expected = summary_value(summary, summary_path(column))
+            assert float(row[column]) == expected, (row["method"], column)
+            if isinstance(expected, int):
+                assert row[column] == str(expected)
+        low, high = wilson(summary["test"]["accuracy"], summary["test"]["examples"])
+        assert float(row["test_accuracy_ci_low"]) == pytest.approx(low, abs=1e-12)
+        assert float(row["test_accuracy_ci_high"]) == pytest.approx(high, abs=1e-12)
+
+
+def check_paired(comparison: Path) -> None:
+    """Where both runs wrote predictions.jsonl, the paired table's b and c are counted from them."""
+    files = [comparison / name / "predictions.jsonl" for name in ("head", "lora")]
+    if not all(f.is_file() for f in files):
+        return
+    head, lora = ({r["id"]: r["correct"] for r in map(json.loads, f.read_text().splitlines())} for f in files)
+    best = "head" if sum(head.values()) >= sum(lora.values()) else "lora"  # the first of equals
+    best_correct, other_correct = (head, lora) if best == "head" else (lora, head)
+    b = sum(best_correct[i] and not other_correct[i] for i in head)
+    c = sum(other_correct[i] and not best_correct[i] for i in head)
+    headers, body = markdown_tables((comparison / "report.md").read_text())[f"Paired tests against {best}"]
+    assert [int(x) for x in body[0][2:5]] == [len(head), b, c], (headers, body)
+
+
 def test_every_cell_equals_the_runs_summaries(tiny_run_config, tmp_path, capsys):
     comparison = tmp_path / "comparison"
     summaries = {}
@@ -115,21 +166,8 @@ def test_every_cell_equals_the_runs_summaries(tiny_run_config, tmp_path, capsys)
     assert cli.main(["report", str(comparison)]) == 0
     assert "report.html" in capsys.readouterr().out
 
-    # results.csv: every value exactly as in summary.json
-    with open(comparison / "results.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert [r["method"] for r in rows] == ["head", "lora"]
-    numeric = [c for c in rows[0] if c not in ("method", "model", "data", "task", "primary_metric", "runs", "seeds")]
-    assert {"test_accuracy", "test_loss", "eval_loss", "trainable_params", "total_params", "checkpoint_bytes",
-            "train_time_s", "peak_memory_bytes", "memory_activations_bytes"} <= set(numeric)
-    for row in rows:
-        summary = summaries[row["method"]]
-        assert row["model"] == summary["model"] and row["primary_metric"] == "accuracy" and row["runs"] == "1"
-        for column in numeric:
-            expected = summary_value(summary, summary_path(column))
-            assert float(row[column]) == expected, (row["method"], column)
-            if isinstance(expected, int):
-                assert row[column] == str(expected)
+    check_results_csv(comparison / "results.csv", summaries)
+    check_paired(comparison)
 
     # report.md: every number equals the summary to the shown precision
     md = (comparison / "report.md").read_text()
@@ -141,7 +179,7 @@ def test_every_cell_equals_the_runs_summaries(tiny_run_config, tmp_path, capsys)
         for r in body:
             for header, text in zip(headers[1:], r[1:]):
                 key, scale = HEADERS[header]
-                check_cell(text, summary_value(summaries[r[0]], key), scale)
+                check_cell(text, summary_value(summaries[r[0]], key), scale, summaries[r[0]]["test"]["examples"])
                 checked += 1
     assert checked >= 2 * 20
     for name in ("validation_loss.png", "pareto.png", "time_memory.png", "memory_breakdown.png"):
@@ -150,7 +188,8 @@ def test_every_cell_equals_the_runs_summaries(tiny_run_config, tmp_path, capsys)
 
     # report.html: the same cells as report.md, images inline, nothing fetched from elsewhere
     page = (comparison / "report.html").read_text()
-    results, memory = html_tables(page)[:2]
+    results, memory = [t for t in html_tables(page) if t[0] in (tables["Results"][0],
+                                                                 tables["Memory of one training step"][0])]
     assert results == [tables["Results"][0]] + tables["Results"][1]
     assert memory == [tables["Memory of one training step"][0]] + tables["Memory of one training step"][1]
     sources = re.findall(r'src="([^"]*)"', page)
@@ -268,7 +307,7 @@ def test_seeds_give_mean_and_sample_std(tmp_path):
     assert rows["head"]["test_accuracy_std"] == ""
     headers, body = markdown_tables((comparison / "report.md").read_text())["Results"]
     lora = dict(zip(headers, body[[r[0] for r in body].index("lora")]))
-    assert lora["test accuracy"] == "0.8100 ± 0.0100" and lora["runs"] == "3"
+    assert lora["test accuracy"] == "0.8100 ± 0.0100 [0.76, 0.85]" and lora["runs"] == "3"  # Wilson at the mean
     assert lora["trainable"] == "1,000"  # identical across seeds: no ± shown
     assert len(read_csv(comparison / "runs.csv")) == 4
 

@@ -91,7 +91,11 @@ def test_output_that_is_not_a_label_counts_as_wrong_and_invalid(prepared, monkey
     n = len(prepared.splits["test"])
     gold = prepared.splits["test"]["label_id"]
     answers = iter(["positive" if g else "negative" for g in gold[:4]] + ["maybe"] * (n - 4))
-    monkeypatch.setattr(causal, "generate", lambda model, tok, prompts, k: [next(answers) for _ in prompts])
+    def fake_generate(model, tok, prompts, k, with_first_logprobs=False):
+        texts = [next(answers) for _ in prompts]
+        return (texts, None) if with_first_logprobs else texts  # None: scoring makes its own pass
+
+    monkeypatch.setattr(causal, "generate", fake_generate)
     metrics = instruct.evaluate(prepared.model, loader(prepared, "test", 3), Accelerator(cpu=True), prepared, "test")
     assert metrics["generate_accuracy"] == pytest.approx(4 / n)
     assert metrics["invalid_rate"] == pytest.approx((n - 4) / n)

@@ -2,49 +2,102 @@
 
 Everything returns a ``datasets.DatasetDict`` with ``train``, ``validation`` and ``test``.
 Data that comes unsplit (or with only a train split) is split deterministically from
-``data.seed`` with ``data.split`` fractions.
+``data.seed`` with ``data.split`` fractions. Before it is split, the rows are checked against
+the columns the task reads (:mod:`tunelab.data.rows`), so a bad row is named where the user
+finds it in their file.
 """
 
 from __future__ import annotations
 
 import csv
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
 
 from tunelab import catalog
 from tunelab.config import DataConfig
+from tunelab.data import rows
 from tunelab.errors import UserError
+
+if TYPE_CHECKING:
+    from tunelab.tasks.options import TaskOptions
 
 # Local formats handled by the `datasets` packaged builders.
 LOCAL_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
 SPLIT_NAMES = ("train", "validation", "test")
 
 
-def load_splits(cfg: DataConfig) -> datasets.DatasetDict:
-    """Load the configured data and return train/validation/test, none of them empty."""
+@dataclass
+class Loaded:
+    splits: datasets.DatasetDict
+    """train/validation/test, none of them empty."""
+    dropped: int = 0
+    """Rows dropped for a missing label or text (``data.drop_missing``)."""
+
+
+def load_splits(cfg: DataConfig, task: TaskOptions | None = None, whole: bool = False) -> datasets.DatasetDict:
+    """Load the configured data and return train/validation/test, none of them empty (see
+    :func:`load_data`)."""
+    return load_data(cfg, task, whole).splits
+
+
+def load_data(cfg: DataConfig, task: TaskOptions | None = None, whole: bool = False) -> Loaded:
+    """Load the configured data, check its rows against ``task`` (the columns it reads: present,
+    no missing label, no empty text; labels inside ``data.labels``), then split it.
+
+    ``task`` None: no row checks. ``whole``: no split; every row of the data's train, validation
+    and test, in that order, is each of the three (evaluating a run on all of other data).
+    """
     datasets.disable_progress_bars()
+    raw, files = _read(cfg)
+    if "dev" in raw and "validation" not in raw:
+        raw["validation"] = raw.pop("dev")
+        files = {("validation" if k == "dev" else k): v for k, v in files.items()}
+    given = list(raw)
+    # Splits other than these (a hub set's unlabelled `unsupervised`) are never read.
+    raw = datasets.DatasetDict({name: raw[name] for name in SPLIT_NAMES if name in raw})
+    if "train" not in raw and not (whole and raw):
+        raise UserError(f"data {cfg.name!r} has no train split (splits: {', '.join(given)})")
+    dropped = 0
+    if task is not None:
+        raw, dropped = rows.check_rows(raw, files, cfg, task)
+    splits = _whole(raw, cfg) if whole else _capped(_ensure_splits(raw, cfg), cfg)
+    for name in SPLIT_NAMES:
+        if len(splits[name]) == 0:
+            what = f"data {cfg.name!r} has no rows" if whole else f"the {name} split of {cfg.name!r} is empty"
+            raise UserError(f"{what}; give more data or change data.split")
+    return Loaded(splits, dropped)
+
+
+def _read(cfg: DataConfig) -> tuple[datasets.DatasetDict, dict[str, Path]]:
+    """The data as it comes, and the file each split was read from (none for embedded or hub data)."""
     if cfg.name in catalog.CATALOG:
         if catalog.CATALOG[cfg.name].kind != "dataset":
             raise UserError(f"{cfg.name!r} is a model, not a dataset; datasets: {', '.join(catalog.names('dataset'))}")
-        raw = EMBEDDED_READERS[cfg.name](catalog.fetch(cfg.name))
-    elif _looks_local(cfg.name):
-        raw = _load_local(Path(cfg.name))
-    else:
-        raw = _load_hub(cfg)
-    splits = _ensure_splits(raw, cfg)
-    if cfg.max_train_examples:
-        splits["train"] = splits["train"].select(range(min(cfg.max_train_examples, len(splits["train"]))))
-    for name, limit in (("validation", cfg.max_validation_examples or cfg.max_eval_examples),
-                        ("test", cfg.max_test_examples or cfg.max_eval_examples)):
-        if limit:
-            splits[name] = splits[name].select(range(min(limit, len(splits[name]))))
-    for name in SPLIT_NAMES:
-        if len(splits[name]) == 0:
-            raise UserError(f"the {name} split of {cfg.name!r} is empty; give more data or change data.split")
-    return splits
+        return EMBEDDED_READERS[cfg.name](catalog.fetch(cfg.name)), {}
+    if _looks_local(cfg.name):
+        return read_local(Path(cfg.name))
+    return _load_hub(cfg), {}
+
+
+def read_texts(path: Path, column: str | None, default: str) -> tuple[list[str], str]:
+    """Every text of one column of a local file (``tunelab predict --file``), and the column:
+    ``column``, else ``default`` (the run's text column), else the file's only column."""
+    path = path.expanduser()
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; give one file of texts ({', '.join(LOCAL_BUILDERS)})")
+    split = read_local(path)[0]["train"]
+    if column is None:
+        column = default if default in split.column_names or len(split.column_names) != 1 else split.column_names[0]
+    if column not in split.column_names:
+        raise UserError(f"column {column!r} is not in {path}; columns: {', '.join(split.column_names)} "
+                        "(pick one with --column)")
+    rows.refuse_missing(split, column, path, "fill them in or remove those rows")
+    return [str(text) for text in split[column]], column
 
 
 def _looks_local(name: str) -> bool:
@@ -110,7 +163,8 @@ EMBEDDED_READERS = {"rt-snippets": read_rt_snippets, "wiki-slice": read_wiki_sli
 # Local files and hub datasets
 
 
-def _load_local(path: Path) -> datasets.DatasetDict:
+def read_local(path: Path) -> tuple[datasets.DatasetDict, dict[str, Path]]:
+    """A local file (one split, ``train``) or a directory of split files, and the file of each split."""
     path = path.expanduser()
     if not path.exists():
         raise UserError(f"data file not found: {path}")
@@ -136,7 +190,7 @@ def _load_local(path: Path) -> datasets.DatasetDict:
                                            cache_dir=tmp, keep_in_memory=True, **kwargs)
         except Exception as exc:  # the builders raise many types; the user needs one line
             raise UserError(f"could not read {path}: {_first_line(exc)}") from None
-    return loaded
+    return loaded, files
 
 
 def _split_file(folder: Path, split: str) -> Path | None:
@@ -182,10 +236,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _ensure_splits(raw: datasets.DatasetDict, cfg: DataConfig) -> datasets.DatasetDict:
     """Keep the splits the data has; cut the missing ones from train by seed."""
-    if "dev" in raw and "validation" not in raw:
-        raw["validation"] = raw.pop("dev")
-    if "train" not in raw:
-        raise UserError(f"data {cfg.name!r} has no train split (splits: {', '.join(raw)})")
     if all(name in raw for name in SPLIT_NAMES):
         return datasets.DatasetDict({name: raw[name] for name in SPLIT_NAMES})
     train = raw["train"]
@@ -206,3 +256,26 @@ def _ensure_splits(raw: datasets.DatasetDict, cfg: DataConfig) -> datasets.Datas
         "validation": train.select(order[n_train:n_train + n_valid]),
         "test": train.select(order[n_train + n_valid:]),
     })
+
+
+def _capped(splits: datasets.DatasetDict, cfg: DataConfig) -> datasets.DatasetDict:
+    """The first ``data.max_*_examples`` of each split."""
+    for name, limit in (("train", cfg.max_train_examples),
+                        ("validation", cfg.max_validation_examples or cfg.max_eval_examples),
+                        ("test", cfg.max_test_examples or cfg.max_eval_examples)):
+        if limit:
+            splits[name] = splits[name].select(range(min(limit, len(splits[name]))))
+    return splits
+
+
+def _whole(raw: datasets.DatasetDict, cfg: DataConfig) -> datasets.DatasetDict:
+    """Every row of every split, once, under each split name (a task prepares all three);
+    capped by ``data.max_test_examples`` or ``max_eval_examples``."""
+    try:
+        every = datasets.concatenate_datasets(list(raw.values())) if len(raw) > 1 else next(iter(raw.values()))
+    except ValueError as exc:  # the split files disagree on columns or types
+        raise UserError(f"the splits of {cfg.name!r} cannot be read as one: {_first_line(exc)}") from None
+    limit = cfg.max_test_examples or cfg.max_eval_examples
+    if limit:
+        every = every.select(range(min(limit, len(every))))
+    return datasets.DatasetDict({name: every for name in SPLIT_NAMES})

@@ -52,6 +52,9 @@ class LoRALayer(AdapterModule):
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """(alpha / r) B A x for every output, zeros on disabled slices."""
+        if len(self.enabled_slices) == 1:  # a plain (unfused) layer: two matmuls, the common case
+            low = nn.functional.linear(self.lora_dropout(x), self.lora_A[0])  # (..., r)
+            return nn.functional.linear(low, self.lora_B[0]) * self.scaling  # (..., out)
         low = torch.einsum("...i,kri->...kr", self.lora_dropout(x), self.lora_A)  # (..., k, r)
         update = torch.einsum("...kr,kor->...ko", low, self.lora_B) * self.scaling  # (..., k, slice)
         n_slices = len(self.enabled_slices)

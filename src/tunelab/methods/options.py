@@ -27,11 +27,26 @@ class MethodOptions(Strict):
         """Positions the method puts in front of every input (they count against the context)."""
         return 0
 
+    @property
+    def body_frozen(self) -> bool:
+        """The pretrained body is neither trained nor changed: it can run in eval mode (no
+        dropout), and what it computes for an input is the same at every step."""
+        return False
+
+    @property
+    def precompute_features(self) -> bool:
+        """Train on the frozen body's features computed once (tunelab.tasks.features)."""
+        return False
+
 
 class NoMethod(MethodOptions):
     """No training: the pretrained model as it is, for zero-/few-shot baselines (``task.shots``)."""
 
     name: Literal["none"] = "none"
+
+    @property
+    def body_frozen(self) -> bool:
+        return True
 
 
 class FullMethod(MethodOptions):
@@ -42,6 +57,17 @@ class HeadMethod(MethodOptions):
     name: Literal["head"] = "head"
     last_n_layers: int = Field(0, ge=0)
     """Also train the last N transformer blocks."""
+    cache_features: bool = True
+    """With the whole body frozen, compute its (pooled) output for every example once, in eval
+    mode, and train the classifier on those features (classification only)."""
+
+    @property
+    def body_frozen(self) -> bool:
+        return self.last_n_layers == 0
+
+    @property
+    def precompute_features(self) -> bool:
+        return self.body_frozen and self.cache_features
 
 
 class LoRAMethod(MethodOptions):

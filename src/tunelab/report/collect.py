@@ -14,6 +14,9 @@ from tunelab.errors import UserError
 from tunelab.summary import FILE as SUMMARY_FILE, Summary
 
 SEED_SUFFIX = re.compile(r"-seed\d+$")
+PREDICTIONS_FILE = "predictions.jsonl"
+"""One record per test example (``id``, ``gold``, ``predicted``, ``score``, ``correct``);
+runs made before it existed have none."""
 
 
 @dataclass
@@ -25,6 +28,9 @@ class Run:
     config: dict[str, Any]
     validation: list[dict[str, Any]]
     """Validation records of metrics.jsonl, in order."""
+    correct: dict[int, bool | None] | None = None
+    """Test example id -> whether the run got it right (None where the task has no right
+    answer), from predictions.jsonl; None where the run has no predictions.jsonl."""
 
     @property
     def seed(self) -> Any:
@@ -40,7 +46,8 @@ def read_run(path: Path, name: str) -> Run | None:
     summary = Summary.read(path)
     config_file = path / "config.yaml"
     config = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    return Run(name, path, summary, config or {}, _validation_records(path / "metrics.jsonl"))
+    return Run(name, path, summary, config or {}, _validation_records(path / "metrics.jsonl"),
+               _correct_by_id(path / PREDICTIONS_FILE))
 
 
 def _validation_records(metrics_file: Path) -> list[dict[str, Any]]:
@@ -48,6 +55,24 @@ def _validation_records(metrics_file: Path) -> list[dict[str, Any]]:
         return []
     records = (json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line.strip())
     return [record for record in records if record.get("split") == "validation"]
+
+
+def _correct_by_id(predictions_file: Path) -> dict[int, bool | None] | None:
+    """The ``correct`` field of every prediction by its ``id``; the rest (texts, scores) is
+    not needed by the report and not kept."""
+    if not predictions_file.is_file():
+        return None
+    found: dict[int, bool | None] = {}
+    for number, line in enumerate(predictions_file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            found[int(record["id"])] = None if record.get("correct") is None else bool(record["correct"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise UserError(f"{predictions_file}:{number}: not a prediction record with an integer id "
+                            f"({error.__class__.__name__}: {error})") from None
+    return found
 
 
 def _is_run_dir(path: Path) -> bool:

@@ -140,6 +140,11 @@ def html_table(table: Table) -> str:
     return f'<table class="{table.name}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
+def listing(items: list[str]) -> str:
+    """Names in a sentence: ``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def inline(text: str) -> str:
     """The little Markdown the report's text uses (`code`, **bold**) as HTML."""
     escaped = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text, quote=False))

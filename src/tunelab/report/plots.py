@@ -10,6 +10,7 @@ import io
 from typing import Any
 
 from tunelab.report.document import Image
+from tunelab.report.labels import place_labels
 from tunelab.report.rows import Pareto, Results, Row
 
 Colors = dict[str, Any]
@@ -23,7 +24,7 @@ def make_plots(results: Results) -> list[Image]:
     colors = {row.name: plt.get_cmap("tab10")(i % 10) for i, row in enumerate(rows)}
     made = [
         ("validation_loss.png", "Validation loss per method", validation_loss(rows, colors)),
-        ("pareto.png", f"Test {metric} against trainable parameters", pareto(rows, results.pareto, colors)),
+        ("pareto.png", pareto_caption(rows, metric), pareto(rows, results.pareto, colors)),
         ("time_memory.png", "Train time and peak memory", time_memory(rows, colors)),
         ("memory_breakdown.png", "Memory breakdown per method", memory_breakdown(rows)),
     ]
@@ -58,13 +59,13 @@ def pareto(rows: list[Row], front: Pareto, colors: Colors) -> bytes | None:
 
     metric, on_front = front.metric, set(front.front)
     by_name = {row.name: row for row in rows}
-    fig, ax = _pyplot().subplots(figsize=(7.5, 4.5))
+    # Taller with more points, so that the labels of a crowd find room beside it.
+    fig, ax = _pyplot().subplots(figsize=(7.5, max(4.5, 1.5 + 0.22 * len(front.points))))
     for name, params, score in front.points:
         x = max(params, 1)  # zero-shot rows train nothing; log axes start at 1
-        ax.errorbar(x, score, yerr=by_name[name].std(f"test_{metric}") or 0, fmt="*" if name in on_front else "o",
-                    markersize=13 if name in on_front else 7, color=colors[name], capsize=3)
-        ax.annotate(name + (" (0 trained)" if params == 0 else ""), (x, score), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
+        ax.errorbar(x, score, yerr=error_bar(by_name[name], f"test_{metric}", score),
+                    fmt="*" if name in on_front else "o", markersize=13 if name in on_front else 7,
+                    color=colors[name], capsize=3)
     ordered = [p for p in sorted(front.points, key=lambda p: p[1]) if p[0] in on_front]
     ax.step([max(p[1], 1) for p in ordered], [p[2] for p in ordered], where="post", color="gray",
             linestyle="--", linewidth=1, label="Pareto front")
@@ -75,8 +76,54 @@ def pareto(rows: list[Row], front: Pareto, colors: Colors) -> bytes | None:
     ax.set_title(f"Test {metric} against trainable parameters (stars: Pareto front)")
     ax.grid(alpha=0.3, which="both")
     ax.margins(x=0.12, y=0.1)  # room for the labels of the outermost points
+    label_points(ax, [(max(params, 1), score, name + (" (0 trained)" if params == 0 else ""))
+                      for name, params, score in front.points])
     ax.legend(fontsize=8, loc="best")
     return _png(fig)
+
+
+def error_bar(row: Row, key: str, value: float) -> list[list[float]]:
+    """Below and above ``value``: the 95 % Wilson interval of a proportion, else one standard
+    deviation across seeds, else none."""
+    interval = row.interval(key)
+    if interval:
+        return [[max(0.0, value - interval[0])], [max(0.0, interval[1] - value)]]
+    std = row.std(key) or 0.0
+    return [[std], [std]]
+
+
+def pareto_caption(rows: list[Row], metric: str) -> str:
+    """The Pareto plot's title in the report, saying what its error bars are."""
+    key = f"test_{metric}"
+    bars = []
+    if any(row.interval(key) for row in rows):
+        bars.append("95 % Wilson interval over the test examples (at the seeds' mean where there are several)")
+    if any(row.interval(key) is None and row.std(key) for row in rows):
+        bars.append("± one standard deviation across seeds")
+    return f"Test {metric} against trainable parameters" + (f"; bars: {' or '.join(bars)}" if bars else "")
+
+
+def label_points(ax, labelled: list[tuple[float, float, str]]) -> None:
+    """Each (x, y, text) labelled beside its point, no two labels overlapping (see labels.py),
+    with a thin leader line where a label had to move away from its point."""
+    ax.set_xlim(ax.get_xlim())  # fixed now: the points become axes coordinates below
+    ax.set_ylim(ax.get_ylim())
+    to_axes = ax.transData + ax.transAxes.inverted()
+    points = [tuple(to_axes.transform((x, y))) for x, y, _ in labelled]
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    # Under the points and bars (zorder 2), so that no label hides data; over the grid, on a light backdrop.
+    backdrop = {"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.75}
+    texts = [ax.text(0, 0, text, transform=ax.transAxes, fontsize=8, va="center", ha="left", bbox=backdrop,
+                     zorder=1.5) for *_, text in labelled]
+    extents = [t.get_window_extent(renderer) for t in texts]
+    sizes = [(e.width / frame.width, e.height / frame.height) for e in extents]
+    for text, (x, y), box in zip(texts, points, place_labels(points, sizes)):
+        text.set_position((box.x0, box.centre_y))
+        if abs(box.centre_y - y) > box.height / 2:
+            ax.annotate("", xy=(x, y), xycoords="axes fraction", textcoords="axes fraction",
+                        xytext=(box.x0 if box.x0 > x else box.x1, box.centre_y),
+                        arrowprops={"arrowstyle": "-", "linewidth": 0.5, "color": "gray"})
 
 
 def time_memory(rows: list[Row], colors: Colors) -> bytes | None:

@@ -4,6 +4,7 @@ the cells as shown, the Pareto front, and results.csv / runs.csv with the raw va
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tunelab.report.collect import Run
+from tunelab.report.stats import wilson_interval
 from tunelab.summary import Summary
 
 LOWER_IS_BETTER = {"loss", "perplexity", "invalid_rate"}
@@ -19,6 +21,8 @@ METRIC_ORDER = ["accuracy", "score_accuracy", "invalid_rate", "perplexity", "rou
 COUNTS = {"examples"}
 """Entries of a split's metrics that count what was evaluated rather than score it: no column.
 (An lm run's ``tokens`` has always been a column; results.csv keeps it, so it stays one.)"""
+PROPORTIONS = {"accuracy", "score_accuracy", "generate_accuracy", "invalid_rate"}
+"""Test metrics that are a share of the test examples: they get a 95 % Wilson interval."""
 
 
 @dataclass
@@ -28,6 +32,9 @@ class Column:
     header: str
     kind: str
     """How the Markdown/HTML cell shows it: a key of FORMATS."""
+    interval: bool = False
+    """A proportion of the test examples: the cell shows its 95 % Wilson interval too, and
+    results.csv has ``<key>_ci_low`` and ``<key>_ci_high``."""
 
 
 @dataclass
@@ -46,6 +53,14 @@ class Row:
     def std(self, key: str) -> float | None:
         found = [v for v in self.values.get(key, []) if v is not None]
         return statistics.stdev(found) if len(found) > 1 else None
+
+    def interval(self, key: str) -> tuple[float, float] | None:
+        """The 95 % Wilson interval of a proportion test metric (``test_accuracy``...) over the
+        row's test examples, at the mean over seeds; None for other metrics or without a count."""
+        proportion, n = self.mean(key), examples_tested(self.runs[0].summary)
+        if key.removeprefix("test_") not in PROPORTIONS or not key.startswith("test_") or proportion is None or not n:
+            return None
+        return wilson_interval(proportion, n)
 
 
 SUMMARY_COLUMNS = [
@@ -81,6 +96,12 @@ def scores(metrics: dict[str, Any] | None) -> dict[str, float]:
     """The numbers of one split's metrics that score the run (no counts, no flags)."""
     return {k: v for k, v in (metrics or {}).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in COUNTS}
+
+
+def examples_tested(summary: Summary) -> int | None:
+    """How many test examples the test metrics are over (the summary's split count first)."""
+    count = (summary.test or {}).get("examples")
+    return int(count) if isinstance(count, (int, float)) and count else summary.test_examples
 
 
 def primary_metric(summary: Summary) -> tuple[str, bool]:
@@ -133,7 +154,7 @@ def main_columns(rows: list[Row], metric: str) -> list[Column]:
     ordered = [metric] if metric in tests else []
     ordered += [m for m in METRIC_ORDER if m in tests and m not in ordered]
     ordered += sorted(tests - set(ordered))
-    columns = [Column(f"test_{m}", f"test {m}", "metric") for m in ordered]
+    columns = [Column(f"test_{m}", f"test {m}", "metric", interval=m in PROPORTIONS) for m in ordered]
     columns += [Column(f"validation_{metric}", f"val. {metric}", "metric"), Column("eval_loss", "eval loss", "metric")]
     return present(columns + SUMMARY_COLUMNS, rows)
 
@@ -178,12 +199,6 @@ class Pareto:
         front = [name for name, _, _ in sorted(points, key=lambda p: p[1]) if name in on_front]
         return cls(metric, higher_is_better, points, front)
 
-    def best(self) -> tuple[str, float, float] | None:
-        """The point with the best metric, whatever it costs."""
-        if not self.points:
-            return None
-        return (max if self.higher_is_better else min)(self.points, key=lambda p: p[2])
-
 
 @dataclass
 class Results:
@@ -227,6 +242,12 @@ FORMATS: dict[str, Callable[[float], str]] = {
 EMPTY = "–"
 
 
+def distinct(values: list[Any]) -> str:
+    """The different values, comma-separated in the order met; EMPTY where none is known."""
+    found = list(dict.fromkeys(json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in values if v is not None))
+    return ", ".join(found) if found else EMPTY
+
+
 def cell(row: Row, column: Column) -> str:
     """The shown value: the run's value, or mean ± std over seeds where they differ."""
     mean = row.mean(column.key)
@@ -234,7 +255,9 @@ def cell(row: Row, column: Column) -> str:
         return EMPTY
     text = FORMATS[column.kind](mean)
     std = row.std(column.key)
-    return f"{text} ± {FORMATS[column.kind](std)}" if std else text
+    text = f"{text} ± {FORMATS[column.kind](std)}" if std else text
+    interval = row.interval(column.key) if column.interval else None
+    return f"{text} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else text
 
 
 def table_cells(rows: list[Row], columns: list[Column]) -> tuple[list[str], list[list[str]]]:
@@ -250,11 +273,15 @@ def table_cells(rows: list[Row], columns: list[Column]) -> tuple[list[str], list
 
 
 def write_csv(path: Path, rows: list[Row], columns: list[Column]) -> None:
-    """One row per method: each value as the run has it (mean over seeds, plus `<key>_std`)."""
+    """One row per method: each value as the run has it (mean over seeds, plus `<key>_std`),
+    then the 95 % Wilson bounds of every proportion column (appended: the columns before keep
+    their order)."""
     seeds = any(len(row.runs) > 1 for row in rows)
     keys = [c.key for c in columns]
+    intervals = [c.key for c in columns if c.interval]
     header = ["method", "model", "data", "task", "primary_metric", "runs", "seeds"]
     header += [k for key in keys for k in ([key, f"{key}_std"] if seeds else [key])]
+    header += [f"{key}_ci_{end}" for key in intervals for end in ("low", "high")]
     lines = []
     for row in rows:
         first = row.runs[0].summary
@@ -262,6 +289,8 @@ def write_csv(path: Path, rows: list[Row], columns: list[Column]) -> None:
                 ";".join(str(r.seed) for r in row.runs)]
         for key in keys:
             line += [_raw(row.mean(key)), _raw(row.std(key))] if seeds else [_raw(row.mean(key))]
+        for key in intervals:
+            line += list(row.interval(key) or ("", ""))
         lines.append(line)
     _write(path, header, lines)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from tunelab.report.collect import Run
-from tunelab.report.document import BulletList, Code, Document, Heading, Image, Paragraph, Table
-from tunelab.report.rows import EMPTY, FORMATS, Results, table_cells
+from tunelab.report.budget import budget_differences, budget_line, budget_table
+from tunelab.report.collect import PREDICTIONS_FILE, Run
+from tunelab.report.document import Block, BulletList, Code, Document, Heading, Image, Paragraph, Table
+from tunelab.report.paired import Paired, best_row, paired_table, paired_tests, verdict
+from tunelab.report.rows import FORMATS, Results, Row, distinct, examples_tested, table_cells
 
 MEMORY_NOTE = ("Counted for the first training batch of each run: weights (every parameter), gradients (one per "
                "trainable parameter), AdamW state (two moments per trainable parameter) and the activations "
@@ -19,12 +20,14 @@ MEMORY_NOTE = ("Counted for the first training batch of each run: weights (every
 def build(runs: list[Run], results: Results, plots: list[Image], dirs: list[Path],
           problems: dict[str, str], configs: dict[str, str]) -> Document:
     """The whole report; ``problems`` are the runs not in the table (name -> why)."""
-    title = f"Comparison: {_distinct([r.summary.model for r in runs])} on {_distinct([r.summary.data for r in runs])}"
+    title = f"Comparison: {distinct([r.summary.model for r in runs])} on {distinct([r.summary.data for r in runs])}"
     intro = (f"{len(runs)} runs of {len(results.rows)} methods from {', '.join(f'`{d}`' for d in dirs)}. "
-             f"Every number is read from the runs' `summary.json` (curves from `metrics.jsonl`); a row with several "
-             f"seeds shows mean ± sample standard deviation.")
-    blocks = [Paragraph(intro), Paragraph(f"Budget: {budget_line(runs)}."),
-              Heading("Results"), results_table(results), *[Paragraph(n) for n in notes(results)]]
+             f"Every number is read from the runs' `summary.json` (curves from `metrics.jsonl`, paired tests from "
+             f"`{PREDICTIONS_FILE}`); a row with several seeds shows mean ± sample standard deviation.")
+    differs = budget_differences(results.rows)
+    blocks = [Paragraph(intro), Paragraph(f"Budget: {budget_line(runs)}."), *([Paragraph(differs)] if differs else []),
+              *results_section(results),
+              Heading("Budget per method"), budget_table(results.rows)]
     if results.memory_columns:
         blocks += [Heading("Memory of one training step"),
                    Table(*table_cells(results.rows, results.memory_columns), "memory"), Paragraph(MEMORY_NOTE)]
@@ -40,12 +43,46 @@ def results_table(results: Results) -> Table:
     return Table(*table_cells(results.rows, results.columns), "results")
 
 
-def notes(results: Results) -> list[str]:
-    """The lines under the results table: the best row and the Pareto front."""
+def results_section(results: Results) -> list[Block]:
+    """The results table, the notes under it, and the paired tests against the best row."""
+    pareto = results.pareto
+    best = best_row(results.rows, pareto.metric, pareto.higher_is_better)
+    paired = paired_tests(results.rows, best) if best else []
+    blocks: list[Block] = [Heading("Results"), results_table(results)]
+    blocks += [Paragraph(n) for n in [interval_note(results), *notes(results, best, paired)] if n]
+    if any(p.p is not None for p in paired):
+        blocks += [Heading(f"Paired tests against {best.name}"), Paragraph(paired_note(best.name)),
+                   Table(*paired_table(paired, best), "paired")]
+    return blocks
+
+
+def paired_note(best: str) -> str:
+    return (f"Each method's first run against {best}'s first run on the same test examples (matched by `id` in "
+            f"`{PREDICTIONS_FILE}`): b counts the examples only {best} gets right, c those only the other method "
+            "gets right. Exact McNemar test: p = min(1, 2 · P(X ≤ min(b, c))) with X ~ Binomial(b + c, 1/2); "
+            "p ≥ 0.05 means these examples cannot tell the two apart.")
+
+
+def interval_note(results: Results) -> str | None:
+    """What the brackets in the results table are, where some cell has them."""
+    shown = [c for c in results.columns if c.interval and any(row.interval(c.key) for row in results.rows)]
+    if not shown:
+        return None
+    counts = distinct([FORMATS["int"](examples_tested(row.runs[0].summary)) for row in results.rows
+                       if row.interval(shown[0].key)])
+    seeds = ", at the seeds' mean for a row with several seeds" if any(len(row.runs) > 1 for row in results.rows) else ""
+    return (f"In brackets: the 95 % Wilson score interval of each proportion ({', '.join(c.header for c in shown)}) "
+            f"over the {counts} test examples{seeds}.")
+
+
+def notes(results: Results, best: Row | None, paired: list[Paired]) -> list[str]:
+    """The lines under the results table: the best row, which rows the test examples cannot
+    tell apart from it, and the Pareto front."""
     pareto, found = results.pareto, []
-    best = pareto.best()
     if best:
-        found.append(f"Best test {pareto.metric}: **{best[0]}** ({FORMATS['metric'](best[2])}).")
+        found.append(f"Best test {pareto.metric}: **{best.name}** "
+                     f"({FORMATS['metric'](best.mean(f'test_{pareto.metric}'))}).")
+        found += verdict(paired, best)
     if pareto.front:
         found.append(f"Pareto front (test {pareto.metric} against trainable parameters, fewest first): "
                      f"{', '.join(pareto.front)}.")
@@ -66,34 +103,13 @@ def config_text(configs: dict[str, str]) -> str:
     return text or "# runs given directly; each run directory holds its own config.yaml\n"
 
 
-def _distinct(values: list[Any]) -> str:
-    found = list(dict.fromkeys(json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in values if v is not None))
-    return ", ".join(found) if found else EMPTY
-
-
-def budget_line(runs: list[Run]) -> str:
-    """Data and training budget, from the runs' own configs and summaries."""
-    def get(run: Run, section: str, key: str):
-        return (run.config.get(section) or {}).get(key)
-
-    parts = [("train examples", [r.summary.train_examples for r in runs]),
-             ("test examples", [r.summary.test_examples for r in runs]),
-             ("validation examples at most", [get(r, "data", "max_eval_examples") for r in runs]),
-             ("max length", [get(r, "task", "max_length") for r in runs]),
-             ("epochs", [get(r, "train", "epochs") for r in runs]),
-             ("max steps", [get(r, "train", "max_steps") for r in runs]),
-             ("batch size", [get(r, "train", "batch_size") for r in runs]),
-             ("validation every N steps", [get(r, "train", "eval_every_steps") for r in runs])]
-    return "; ".join(f"{label} {_distinct(values)}" for label, values in parts if any(v is not None for v in values))
-
-
 def environment(runs: list[Run]) -> list[tuple[str, str]]:
     """Where the runs ran: device, how peak memory was measured, git hash, library versions."""
-    items = [("device", _distinct([r.summary.device for r in runs])),
-             ("peak memory measured as", _distinct([r.summary.peak_memory_kind for r in runs])),
-             ("git hash", _distinct([r.summary.git_hash for r in runs]))]
+    items = [("device", distinct([r.summary.device for r in runs])),
+             ("peak memory measured as", distinct([r.summary.peak_memory_kind for r in runs])),
+             ("git hash", distinct([r.summary.git_hash for r in runs]))]
     versions: dict[str, list[Any]] = {}
     for run in runs:
         for name, version in (run.summary.versions or {}).items():
             versions.setdefault(name, []).append(version)
-    return items + [(name, _distinct(values)) for name, values in versions.items()]
+    return items + [(name, distinct(values)) for name, values in versions.items()]

@@ -50,6 +50,11 @@ class Prepared:
     encode_texts: Callable[[list[str]], list[dict]] | None = None
     """Unlabelled texts as examples for ``collate`` (``tunelab predict``); None where the task
     does not label raw texts."""
+    dropped: int = 0
+    """Examples the data lost to a missing label or text (``data.drop_missing``)."""
+    lengths: dict[str, list[int]] | None = None
+    """Each split's example lengths in tokens, where the task knows them better than the
+    batches show (cached features have none); else the loop reads them off the batches."""
 
 
 class Task(Protocol):
@@ -60,13 +65,15 @@ class Task(Protocol):
         input happens here, before a run directory exists."""
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The scalar the loop minimises, and the batch's counts: ``examples`` and ``tokens``
-        (non-pad input tokens), plus per-example sums (e.g. ``accuracy``: the number right)
-        whose mean over the epoch the loop logs."""
+        """The scalar the loop minimises, and the batch's counts: ``examples``, ``tokens``
+        (non-pad input tokens) and ``positions`` (padding included), plus per-example sums (e.g.
+        ``accuracy``: the number right) whose mean over the epoch the loop logs."""
 
     def evaluate(self, model: nn.Module, loader, accelerator: Accelerator, prepared: Prepared,
                  split: str) -> dict[str, Any]:
-        """Metrics of a split, always with ``loss`` and the primary metric."""
+        """Metrics of a split, always with ``loss`` and the primary metric; on test also
+        ``predictions``, one record per example in the loader's order (gold, predicted, score,
+        correct), which the loop writes to predictions.jsonl."""
 
     def before_training(self, model: nn.Module, accelerator: Accelerator, prepared: Prepared,
                         test_loader) -> dict[str, Any]:
@@ -95,5 +102,9 @@ def causal_tasks() -> list[str]:
 
 
 def batch_counts(batch: Batch) -> dict[str, Any]:
-    """``examples`` and ``tokens`` of a batch of padded ``input_ids`` with an ``attention_mask``."""
-    return {"examples": batch["attention_mask"].shape[0], "tokens": batch["attention_mask"].sum()}
+    """``examples``, non-pad ``tokens`` and padded ``positions`` of a batch with an
+    ``attention_mask`` (or, for precomputed features, the ``lengths`` of the inputs they stand for)."""
+    if "attention_mask" not in batch:
+        return {"examples": len(batch["lengths"]), "tokens": batch["lengths"].sum(), "positions": batch["lengths"].sum()}
+    mask = batch["attention_mask"]
+    return {"examples": mask.shape[0], "tokens": mask.sum(), "positions": mask.numel()}

@@ -22,12 +22,17 @@ from tunelab.errors import UserError
 from tunelab.methods.common import count_parameters
 from tunelab.models.families import family_of
 from tunelab.models.loading import check_context_length, load_encoder, load_tokenizer
-from tunelab.tasks import Prepared, batch_counts
+from tunelab.tasks import Prepared, batch_counts, features
 from tunelab.tasks.options import ClassificationTask
 
 
 class SequenceClassifier(nn.Module):
-    """backbone -> pooled hidden state -> dropout -> classifier."""
+    """backbone -> pooled hidden state -> dropout -> classifier.
+
+    ``forward`` also takes the pooled ``features`` themselves (precomputed once for a frozen
+    body, see :mod:`tunelab.tasks.features`), and ``body_in_eval_mode`` keeps a frozen body's
+    dropout off while the head trains, so that those features are exactly what it computes.
+    """
 
     def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "mean", dropout: float = 0.1):
         super().__init__()
@@ -36,12 +41,25 @@ class SequenceClassifier(nn.Module):
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(backbone.config.hidden_size, num_labels)
+        self.body_in_eval_mode = False
 
     def head_modules(self) -> list[nn.Module]:
         """Modules that are new for this task and always train."""
         return [self.classifier]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+    def train(self, mode: bool = True) -> "SequenceClassifier":
+        super().train(mode)
+        if self.body_in_eval_mode:
+            self.backbone.eval()
+        return self
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                features: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        pooled = self.pool(input_ids, attention_mask, **kwargs) if features is None else features  # (B, H)
+        return self.classifier(self.dropout(pooled))  # (B, num_labels)
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The body's output pooled to one vector per example, (B, H)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state  # (B, T, H)
         if self.pooling == "cls":
             pooled = hidden[:, 0]
@@ -52,7 +70,7 @@ class SequenceClassifier(nn.Module):
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
-        return self.classifier(self.dropout(pooled))  # (B, num_labels)
+        return pooled
 
 
 def tokenize_splits(splits: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, data: DataConfig,
@@ -79,33 +97,41 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_lengt
 
 
 def per_example(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of every example and whether its prediction is right, both shape (B,)."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    """Cross-entropy of every example, shape (B,), and the logits, (B, num_labels)."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "lengths")}
     logits = model(**inputs)  # (B, num_labels)
-    labels = batch["labels"]
-    return F.cross_entropy(logits, labels, reduction="none"), logits.argmax(-1) == labels
+    return F.cross_entropy(logits, batch["labels"], reduction="none"), logits
 
 
 def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
     """Mean cross-entropy; the number right, for the epoch's train accuracy."""
-    losses, correct = per_example(model, batch)
-    return losses.mean(), {**batch_counts(batch), "accuracy": correct.sum()}
+    losses, logits = per_example(model, batch)
+    return losses.mean(), {**batch_counts(batch), "accuracy": (logits.argmax(-1) == batch["labels"]).sum()}
 
 
-@torch.no_grad()
-def evaluate(model, loader, accelerator, prepared=None, split: str = "validation") -> dict[str, float]:
-    """Mean per-example loss and accuracy; gathered across processes without duplicates."""
+@torch.inference_mode()
+def evaluate(model, loader, accelerator, prepared=None, split: str = "validation") -> dict:
+    """Mean per-example loss and accuracy, gathered across processes without duplicates; on
+    test also every example's gold and predicted label and the predicted label's probability."""
     was_training = model.training
     model.eval()
-    losses, hits = [], []
+    losses, gold, predicted, probability = [], [], [], []
     for batch in loader:
-        losses_b, correct = per_example(model, batch)
-        losses_b, correct = accelerator.gather_for_metrics((losses_b, correct))
-        losses.append(losses_b.float().cpu())
-        hits.append(correct.float().cpu())
+        losses_b, logits = per_example(model, batch)
+        probs = logits.float().softmax(-1)  # (B, num_labels)
+        gathered = accelerator.gather_for_metrics((losses_b, batch["labels"], probs.argmax(-1), probs.max(-1).values))
+        for store, values in zip((losses, gold, predicted, probability), gathered):
+            store.append(values.cpu())
     model.train(was_training)
-    loss, acc = torch.cat(losses), torch.cat(hits)
-    return {"loss": loss.mean().item(), "accuracy": acc.mean().item(), "examples": loss.numel()}
+    loss, gold, predicted, probability = (torch.cat(x) for x in (losses, gold, predicted, probability))
+    correct = predicted == gold
+    metrics = {"loss": loss.mean().item(), "accuracy": correct.float().mean().item(), "examples": loss.numel()}
+    if split == "test":
+        names = (prepared.label_names if prepared is not None else None) or [str(i) for i in range(int(gold.max()) + 1)]
+        metrics["predictions"] = [{"gold": names[g], "predicted": names[p], "score": s, "correct": c}
+                                  for g, p, s, c in zip(gold.tolist(), predicted.tolist(), probability.tolist(),
+                                                        correct.tolist())]
+    return metrics
 
 
 def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
@@ -125,9 +151,26 @@ def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
     set_seed(cfg.train.seed)  # before the head and any adapter are created: the same seed, the same init
     model = SequenceClassifier(backbone, len(labels.names), cfg.task.pooling, cfg.task.classifier_dropout)
     apply_method(model, cfg.method, family_of(backbone), tokenizer)
-    return Prepared(model, tokenizer, splits, DataCollatorWithPadding(tokenizer, return_tensors="pt"), labels.names,
-                    count_parameters(model, base_total), task=sys.modules[__name__], cfg=cfg,
-                    encode_texts=lambda texts: encode_texts(tokenizer, texts, cfg.task.max_length))
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    prepared = Prepared(model, tokenizer, splits, collate, labels.names, count_parameters(model, base_total),
+                        task=sys.modules[__name__], cfg=cfg,
+                        encode_texts=lambda texts: encode_texts(tokenizer, texts, cfg.task.max_length))
+    model.body_in_eval_mode = cfg.method.body_frozen  # a frozen body's dropout would only add noise
+    if cfg.method.precompute_features:
+        use_cached_features(prepared)
+    return prepared
+
+
+def use_cached_features(prepared: Prepared) -> None:
+    """Replace the tokenized splits by the frozen body's pooled features (tunelab.tasks.features)."""
+    model, collate, cfg = prepared.model, prepared.collate, prepared.cfg
+    if torch.cuda.is_available() and not cfg.train.cpu:
+        model.cuda()
+    prepared.splits, prepared.lengths = features.feature_splits(model, prepared.splits, collate, cfg.eval.batch_size)
+    prepared.collate = features.collate_features
+    encode = prepared.encode_texts
+    prepared.encode_texts = lambda texts: [{"features": f, "length": torch.tensor(n)} for f, n in
+                                           zip(*features.pooled_features(model, encode(texts), collate, cfg.eval.batch_size))]
 
 
 def before_training(model, accelerator, prepared, test_loader) -> dict:

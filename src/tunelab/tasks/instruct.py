@@ -121,19 +121,21 @@ def collator(pad_id: int, answers: list[list[int]], loss_on: str):
 loss = causal.loss
 
 
-def label_nll(model, prompts: list[list[int]], answers: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def label_nll(model, prompts: list[list[int]], answers: list[list[int]], pad_id: int, device,
+              next_logprobs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, L) summed NLL of every label's answer after every prompt, and (L,) answer lengths.
 
-    Single-token answers are all read from one pass over the prompts (the distribution after
-    the last prompt token); a longer answer costs one pass of prompt + answer.
+    Single-token answers are all read from one distribution after the last prompt token (given
+    as ``next_logprobs`` when generation already computed it, else from one pass over the
+    prompts); a longer answer costs one pass of prompt + answer.
     """
     nlls: list[torch.Tensor | None] = [None] * len(answers)
     single = [j for j, a in enumerate(answers) if len(a) == 1]
-    if single:
+    if single and next_logprobs is None:
         batch = causal.lm_batch(prompts, prompts, pad_id)
-        logp = causal.next_token_logprobs(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        for j in single:
-            nlls[j] = -logp[:, answers[j][0]]
+        next_logprobs = causal.next_token_logprobs(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    for j in single:
+        nlls[j] = -next_logprobs[:, answers[j][0]]
     for j, answer in enumerate(answers):
         if nlls[j] is None:
             pairs = [causal.prompt_answer(p, answer) for p in prompts]
@@ -142,42 +144,68 @@ def label_nll(model, prompts: list[list[int]], answers: list[list[int]], pad_id:
     return torch.stack(nlls, dim=1), torch.tensor([len(a) for a in answers], device=device)
 
 
-@torch.no_grad()
-def evaluate(model, loader, accelerator, prepared, split: str = "validation") -> dict[str, float]:
+def score_batch(model, unwrapped, batch, prepared, generate: bool) -> dict[str, torch.Tensor]:
+    """Per-example results of one batch: the gold answer's NLL and length, the label picked by
+    likelihood and its probability among the labels, and (``generate``) the generated label.
+    ``unwrapped``: the model as Hugging Face ``generate`` needs it (not Accelerate's wrapper)."""
+    answers, gold = prepared.extras["answers"], batch["label"]
+    first, texts = None, None
+    if generate:  # greedy generation; its first step is the distribution scoring needs
+        texts, first = causal.generate(unwrapped, prepared.tokenizer, batch["prompt_ids"],
+                                       prepared.cfg.task.max_new_tokens, with_first_logprobs=True)
+    nll, lengths = label_nll(model, batch["prompt_ids"], answers, prepared.tokenizer.pad_token_id, gold.device, first)
+    chosen = (-nll).softmax(1)  # (B, L): the labels' probabilities, renormalised among the labels
+    result = {"gold_nll": nll.gather(1, gold[:, None]).squeeze(1), "gold_tokens": lengths[gold],
+              "scored": nll.argmin(1), "scored_probability": chosen.max(1).values, "gold": gold}
+    if generate:
+        parsed = [parse_label(t, prepared.extras["words"]) for t in texts]
+        result["generated"] = torch.tensor([-1 if p is None else p for p in parsed], device=gold.device)
+        result["texts"] = texts
+    return result
+
+
+@torch.inference_mode()
+def evaluate(model, loader, accelerator, prepared, split: str = "validation") -> dict:
     was_training = model.training
     model.eval()
-    answers, words = prepared.extras["answers"], prepared.extras["words"]
-    pad_id, task = prepared.tokenizer.pad_token_id, prepared.cfg.task
-    run_generation = split == "test" or task.generate_on_validation
+    generate = split == "test" or prepared.cfg.task.generate_on_validation
+    keys = ["gold_nll", "gold_tokens", "scored", "scored_probability", "gold"] + (["generated"] if generate else [])
+    columns: dict[str, list] = {key: [] for key in keys + ["texts"]}
     unwrapped = accelerator.unwrap_model(model)
-    nll_sum, tokens, score_hits, gen_hits, invalid, outputs = [], [], [], [], [], []
     for batch in loader:
-        gold = batch["label"]
-        nll, lengths = label_nll(model, batch["prompt_ids"], answers, pad_id, gold.device)  # (B, L), (L,)
-        predicted = nll.argmin(1)  # highest log-likelihood = lowest NLL
-        gathered = [nll.gather(1, gold[:, None]).squeeze(1), lengths[gold], predicted == gold]
-        if run_generation:
-            texts = causal.generate(unwrapped, prepared.tokenizer, batch["prompt_ids"], task.max_new_tokens)
-            parsed = [parse_label(t, words) for t in texts]
-            outputs += texts
-            gathered += [torch.tensor([p == g for p, g in zip(parsed, gold.tolist())], device=gold.device),
-                         torch.tensor([p is None for p in parsed], device=gold.device)]
-        gathered = accelerator.gather_for_metrics(tuple(gathered))
-        nll_sum.append(gathered[0].double().cpu())
-        tokens.append(gathered[1].cpu())
-        score_hits.append(gathered[2].float().cpu())
-        if run_generation:
-            gen_hits.append(gathered[3].float().cpu())
-            invalid.append(gathered[4].float().cpu())
+        result = score_batch(model, unwrapped, batch, prepared, generate)
+        for key, values in zip(keys, accelerator.gather_for_metrics(tuple(result[k] for k in keys))):
+            columns[key].append(values.cpu())
+        columns["texts"] += result.get("texts", [])
     model.train(was_training)
-    score_accuracy = torch.cat(score_hits).mean().item()
-    metrics = {"loss": (torch.cat(nll_sum).sum() / torch.cat(tokens).sum()).item(), "score_accuracy": score_accuracy,
-               "accuracy": score_accuracy, "examples": int(torch.cat(score_hits).numel())}
-    if run_generation:
-        metrics.update(accuracy=torch.cat(gen_hits).mean().item(), generate_accuracy=torch.cat(gen_hits).mean().item(),
-                       invalid_rate=torch.cat(invalid).mean().item())
-        prepared.extras[f"{split}_outputs"] = outputs
+    c = {key: torch.cat(values) for key, values in columns.items() if key != "texts"}
+    score_accuracy = (c["scored"] == c["gold"]).float().mean().item()
+    metrics = {"loss": (c["gold_nll"].double().sum() / c["gold_tokens"].sum()).item(), "score_accuracy": score_accuracy,
+               "accuracy": score_accuracy, "examples": int(c["gold"].numel())}
+    if generate:
+        accuracy = (c["generated"] == c["gold"]).float().mean().item()
+        metrics.update(accuracy=accuracy, generate_accuracy=accuracy, invalid_rate=(c["generated"] < 0).float().mean().item())
+        prepared.extras[f"{split}_outputs"] = columns["texts"]
+    if split == "test":
+        metrics["predictions"] = predictions(c, columns["texts"], prepared.label_names, generate)
     return metrics
+
+
+def predictions(c: dict[str, torch.Tensor], texts: list[str], names: list[str], generated: bool) -> list[dict]:
+    """predictions.jsonl records: the generated label (null when the output is no label) beside
+    the label picked by likelihood."""
+    rows = []
+    for i, gold in enumerate(c["gold"].tolist()):
+        scored = int(c["scored"][i])
+        row = {"gold": names[gold], "score": float(c["scored_probability"][i]),
+               "score_predicted": names[scored], "score_correct": scored == gold}
+        if generated:
+            label = int(c["generated"][i])
+            row.update(predicted=names[label] if label >= 0 else None, correct=label == gold, output=texts[i])
+        else:
+            row.update(predicted=names[scored], correct=scored == gold)
+        rows.append(row)
+    return rows
 
 
 def before_training(model, accelerator, prepared, test_loader) -> dict:

@@ -94,20 +94,27 @@ def collator(pad_id: int):
 loss = causal.loss
 
 
-@torch.no_grad()
-def evaluate(model, loader, accelerator, prepared=None, split: str = "validation") -> dict[str, float]:
-    """Token-level NLL over the split: loss (mean per predicted token) and perplexity."""
+@torch.inference_mode()
+def evaluate(model, loader, accelerator, prepared=None, split: str = "validation") -> dict:
+    """Token-level NLL over the split: loss (mean per predicted token) and perplexity; on test
+    also each window's summed NLL and predicted-token count."""
     was_training = model.training
     model.eval()
-    total_nll, total_tokens = 0.0, 0
+    nlls, counts = [], []
     for batch in loader:
         nll, count = causal.token_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         nll, count = accelerator.gather_for_metrics((nll, count))
-        total_nll += nll.double().sum().item()
-        total_tokens += int(count.sum().item())
+        nlls.append(nll.double().cpu())
+        counts.append(count.cpu())
     model.train(was_training)
-    loss = total_nll / max(total_tokens, 1)
-    return {"loss": loss, "perplexity": math.exp(loss), "tokens": total_tokens}
+    nll, count = torch.cat(nlls), torch.cat(counts)
+    total_tokens = int(count.sum())
+    loss = nll.sum().item() / max(total_tokens, 1)
+    metrics = {"loss": loss, "perplexity": math.exp(loss), "tokens": total_tokens}
+    if split == "test":
+        metrics["predictions"] = [{"gold": None, "predicted": None, "score": n, "correct": None, "tokens": c, "nll": n}
+                                  for n, c in zip(nll.tolist(), count.tolist())]
+    return metrics
 
 
 def samples(model, prepared) -> list[str]:

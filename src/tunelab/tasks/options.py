@@ -8,11 +8,23 @@ LM) are class variables here. Pydantic only, no torch.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import re
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from tunelab.schema import Strict
+
+if TYPE_CHECKING:
+    from tunelab.config import DataConfig
+
+TEMPLATE_FIELD = re.compile(r"\{(\w+)\}")
+"""A ``{field}`` of a prompt template: a data column."""
+
+
+def template_fields(template: str) -> list[str]:
+    """The columns a template names, once each, in order."""
+    return list(dict.fromkeys(TEMPLATE_FIELD.findall(template)))
 
 
 class TaskOptions(Strict):
@@ -26,11 +38,21 @@ class TaskOptions(Strict):
     (``loss`` is always lower-is-better, every other select metric higher-is-better)."""
     causal: ClassVar[bool] = False
     """Runs on a causal LM (so its runs can generate)."""
+    refuse_empty_text: ClassVar[bool] = True
+    """An empty text in a column the task reads is bad input (refused, or dropped with
+    ``data.drop_missing``); False where empty documents are normal (lm)."""
 
     @property
     def input_length(self) -> int:
         """Tokens per training example, at most (what ``--quick`` and ``profile`` size by)."""
         return self.max_length
+
+    def required_columns(self, data: DataConfig) -> dict[str, str]:
+        """The data columns every example needs, each with the config key that names it
+        (``data.label_column`` marks the label). The loader checks them before splitting:
+        present in every split, no missing labels, no empty texts (unless
+        ``refuse_empty_text`` is False). {}: nothing is checked (a task that declares none)."""
+        return {}
 
 
 class ClassificationTask(TaskOptions):
@@ -41,6 +63,12 @@ class ClassificationTask(TaskOptions):
     """Mean over non-pad tokens, the first token's hidden state (encoders), or the last real
     token's (decoders, where only the last token has seen the whole text)."""
     classifier_dropout: float = Field(0.1, ge=0, lt=1)
+
+    def required_columns(self, data: DataConfig) -> dict[str, str]:
+        columns = {data.text_column: "data.text_column"}
+        if data.text_pair_column:
+            columns[data.text_pair_column] = "data.text_pair_column"
+        return {**columns, data.label_column: "data.label_column"}
 
 
 class InstructTask(TaskOptions):
@@ -82,6 +110,9 @@ class InstructTask(TaskOptions):
             raise ValueError("a label word was read as a boolean; quote yes/no/on/off in YAML, e.g. 'yes'")
         return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
+    def required_columns(self, data: DataConfig) -> dict[str, str]:
+        return {**dict.fromkeys(template_fields(self.template), "task.template"), data.label_column: "data.label_column"}
+
 
 class LMTask(TaskOptions):
     """Language modeling: documents tokenized, concatenated and cut into ``block_size`` blocks."""
@@ -91,6 +122,7 @@ class LMTask(TaskOptions):
     higher_is_better: ClassVar[bool] = False
     select_metric: ClassVar[str] = "loss"
     causal: ClassVar[bool] = True
+    refuse_empty_text: ClassVar[bool] = False  # empty lines and documents are part of a corpus
     block_size: int = Field(256, ge=8, le=131072)
     """Training block length in tokens; also the evaluation window."""
     stride: int | None = Field(None, ge=1)
@@ -108,6 +140,9 @@ class LMTask(TaskOptions):
     @property
     def input_length(self) -> int:
         return self.block_size
+
+    def required_columns(self, data: DataConfig) -> dict[str, str]:
+        return {data.text_column: "data.text_column"}
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "LMTask":
@@ -136,3 +171,6 @@ class SummarizationTask(TaskOptions):
     """Generated tokens per article for ROUGE."""
     rouge_on_validation: bool = False
     """Also generate and compute ROUGE on validation (slower); by default only the loss."""
+
+    def required_columns(self, data: DataConfig) -> dict[str, str]:
+        return {**dict.fromkeys(template_fields(self.template), "task.template"), self.summary_column: "task.summary_column"}

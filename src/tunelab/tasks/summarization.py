@@ -19,17 +19,19 @@ from tunelab.tasks import Prepared, causal
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
-def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F1 over the pairs, from the reference implementation."""
+def rouge_per_example(predictions: list[str], references: list[str]) -> list[dict[str, float]]:
+    """ROUGE-1/2/L F1 of every pair, from the reference implementation (stemming on)."""
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for prediction, reference in zip(predictions, references):
-        scores = scorer.score(reference, prediction)
-        for name in ROUGE_TYPES:
-            totals[name] += scores[name].fmeasure
-    return {name: total / max(len(predictions), 1) for name, total in totals.items()}
+    return [{name: score.fmeasure for name, score in scorer.score(reference, prediction).items()}
+            for prediction, reference in zip(predictions, references)]
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1 over the pairs."""
+    scores = rouge_per_example(predictions, references)
+    return {name: sum(s[name] for s in scores) / max(len(scores), 1) for name in ROUGE_TYPES}
 
 
 def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
@@ -76,8 +78,8 @@ def collator(pad_id: int):
 loss = causal.loss
 
 
-@torch.no_grad()
-def evaluate(model, loader, accelerator, prepared, split: str = "validation") -> dict[str, float]:
+@torch.inference_mode()
+def evaluate(model, loader, accelerator, prepared, split: str = "validation") -> dict:
     was_training = model.training
     model.eval()
     task = prepared.cfg.task
@@ -97,8 +99,12 @@ def evaluate(model, loader, accelerator, prepared, split: str = "validation") ->
     metrics = {"loss": total_nll / max(total_tokens, 1), "examples": len(loader.dataset)}
     if generate:
         # Generations are made per process; on several processes each scores its own share.
-        metrics.update(rouge(predictions, references))
+        scores = rouge_per_example(predictions, references)
+        metrics.update({name: sum(s[name] for s in scores) / max(len(scores), 1) for name in ROUGE_TYPES})
         prepared.extras[f"{split}_outputs"] = list(zip(predictions, references))
+        if split == "test":
+            metrics["predictions"] = [{"gold": r, "predicted": p, "score": s["rougeL"], "correct": None, **s}
+                                      for p, r, s in zip(predictions, references, scores)]
     return metrics
 
 

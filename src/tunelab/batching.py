@@ -1,0 +1,73 @@
+"""Which examples go into which batch: by length, so that batches carry little padding.
+
+A batch is padded to its longest example, and padding costs as much compute as real tokens.
+For training, :class:`LengthGroupedBatches` shuffles the examples, cuts the shuffled order
+into groups of ``group`` batches, sorts each group by length and cuts it into batches, then
+shuffles the batches (a short last batch stays last, as with plain shuffling, so every other
+batch is full): every example once per epoch, batches of similar lengths, still a random order (the grouping of Hugging Face's ``group_by_length``, Megatron's buckets). The
+order is a function of (seed, epoch) alone, so a resumed run sees the same batches.
+For evaluation the order does not matter: :class:`SortedBatches` sorts the whole split.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+
+
+def example_lengths(split, collate: Callable[[list[dict]], dict]) -> list[int]:
+    """Each example's length as its batch would have it alone: the width of its attention mask."""
+    return [int(collate([split[i]])["attention_mask"].shape[1]) for i in range(len(split))]
+
+
+def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
+    """Share of padded positions in the given batches (indices into ``lengths``)."""
+    padded = sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
+    return 1.0 - sum(lengths[i] for batch in batches for i in batch) / max(padded, 1)
+
+
+class LengthGroupedBatches:
+    """A batch sampler: random batches of similar length, every example once per epoch."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: int = 50):
+        self.lengths, self.batch_size, self.seed, self.group = lengths, batch_size, seed, group
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        span = self.batch_size * self.group
+        batches = []
+        for start in range(0, len(order), span):
+            # Longest first within a group; ties keep the shuffled order (sorted is stable).
+            group = sorted(order[start:start + span], key=lambda i: -self.lengths[i])
+            batches += [group[i:i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        short = [batches.pop()] if len(batches[-1]) < self.batch_size else []
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return [batches[i] for i in shuffled] + short
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+class SortedBatches:
+    """A batch sampler for evaluation: the split sorted by length, longest first (so the
+    largest batch comes first and memory peaks at once). ``order`` is the iteration order."""
+
+    def __init__(self, lengths: list[int], batch_size: int):
+        self.order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter([self.order[i:i + self.batch_size] for i in range(0, len(self.order), self.batch_size)])
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch_size)

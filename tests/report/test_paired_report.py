@@ -1,0 +1,191 @@
+"""The report's intervals, paired tests and budgets, end to end on fake runs whose
+predictions.jsonl is written here with known discordant counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from test_write_report import fake_run, markdown_tables, read_csv
+
+from tunelab import cli
+from tunelab.report.budget import budget_differences
+from tunelab.report.collect import Run
+from tunelab.report.rows import make_rows
+from tunelab.summary import Summary
+
+N = 40
+FULL = [i < 34 for i in range(N)]
+"""The best run: right on the first 34 of 40 test examples (accuracy 0.85)."""
+
+
+def against_full(b: int, c: int) -> list[bool]:
+    """Correctness that differs from FULL by b examples only full gets right and c only this one does."""
+    correct = list(FULL)
+    for i in range(b):
+        correct[i] = False  # right in FULL
+    for i in range(c):
+        correct[34 + i] = True  # wrong in FULL
+    return correct
+
+
+def run_with_predictions(folder: Path, method: str, correct: list[bool] | None, ids: list[int] | None = None,
+                         **summary) -> Path:
+    accuracy = sum(correct) / len(correct) if correct else summary.pop("accuracy", 0.8)
+    path = fake_run(folder, method, test={"loss": 0.4, "accuracy": accuracy, "examples": N}, test_examples=N,
+                    **summary)
+    if correct is not None:
+        records = [{"id": i, "gold": "positive", "predicted": "positive" if right else "negative",
+                    "score": 0.9, "correct": right} for i, right in zip(ids or range(N), correct)]
+        (path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def report(comparison: Path) -> tuple[str, dict]:
+    assert cli.main(["report", str(comparison)]) == 0
+    md = (comparison / "report.md").read_text()
+    return md, markdown_tables(md)
+
+
+def test_intervals_p_values_and_the_verdict(tmp_path):
+    comparison = tmp_path / "c"
+    run_with_predictions(comparison / "full", "full", FULL, trainable_params=100_000)
+    run_with_predictions(comparison / "lora", "lora", against_full(4, 1))  # p = 2 * (1 + 5) / 32 = 0.375
+    run_with_predictions(comparison / "head", "head", against_full(10, 2))  # p = 2 * (1 + 12 + 66) / 4096
+    run_with_predictions(comparison / "prefix", "prefix", None, accuracy=0.8)  # a run made before predictions
+    md, tables = report(comparison)
+    assert ("On these 40 test examples, lora cannot be told apart from full (exact McNemar test, p ≥ 0.05); "
+            "head (p = 0.0386) is worse.") in md
+    assert "Best test accuracy: **full** (0.8500)." in md  # the best is still named
+    assert "No paired test was possible for prefix: no predictions.jsonl" in md
+    assert "Wilson score interval" in md
+    headers, body = tables["Results"]
+    shown = {r[0]: dict(zip(headers, r)) for r in body}
+    # Wilson over 40 by hand: 34/40 -> [0.7093, 0.9294]; 31/40 -> [0.6250, 0.8768]; 26/40 -> [0.4951, 0.7787]
+    assert shown["full"]["test accuracy"] == "0.8500 [0.71, 0.93]"
+    assert shown["lora"]["test accuracy"] == "0.7750 [0.62, 0.88]"
+    assert shown["head"]["test accuracy"] == "0.6500 [0.50, 0.78]"
+    headers, body = tables["Paired tests against full"]
+    paired = {r[0]: dict(zip(headers, r)) for r in body}
+    assert set(paired) == {"lora", "head", "prefix"}
+    assert [paired["head"][h] for h in headers[2:]] == ["40", "10", "2", "0.03857", "worse"]
+    assert [paired["lora"][h] for h in headers[2:]] == ["40", "4", "1", "0.375", "cannot tell apart"]
+    assert paired["prefix"]["verdict"].startswith("no test: no predictions.jsonl")
+    assert "<table class=\"paired\">" in (comparison / "report.html").read_text()
+
+
+def test_results_csv_keeps_its_columns_and_appends_the_intervals(tmp_path):
+    comparison = tmp_path / "c"
+    run_with_predictions(comparison / "full", "full", FULL)
+    run_with_predictions(comparison / "lora", "lora", against_full(4, 1))
+    report(comparison)
+    rows = read_csv(comparison / "results.csv")
+    assert list(rows[0]) == [
+        "method", "model", "data", "task", "primary_metric", "runs", "seeds", "test_accuracy", "test_loss",
+        "validation_accuracy", "eval_loss", "trainable_params", "added_params", "total_params", "trainable_percent",
+        "checkpoint_bytes", "train_time_s", "wall_time_s", "tokens_per_second", "peak_memory_bytes", "best_epoch",
+        "best_step", "steps", "memory_weights_bytes", "memory_gradients_bytes", "memory_optimizer_bytes",
+        "memory_activations_bytes", "memory_forward_peak_bytes", "memory_backward_peak_bytes",
+        "test_accuracy_ci_low", "test_accuracy_ci_high"]
+    full = rows[0]
+    assert float(full["test_accuracy"]) == 0.85 and float(full["test_loss"]) == 0.4 and full["steps"] == "10"
+    assert float(full["test_accuracy_ci_low"]) == pytest.approx(0.709276756335103, abs=1e-12)
+    assert float(full["test_accuracy_ci_high"]) == pytest.approx(0.9293881228267964, abs=1e-12)
+
+
+def test_every_proportion_gets_its_interval_columns(tmp_path):
+    comparison = tmp_path / "c"
+    fake_run(comparison / "instruct-lora", "lora", task="instruct", test={
+        "loss": 0.3, "accuracy": 0.9, "score_accuracy": 0.92, "generate_accuracy": 0.9, "invalid_rate": 0.02,
+        "examples": 50})
+    md, tables = report(comparison)
+    header = list(read_csv(comparison / "results.csv")[0])
+    ends = [f"test_{m}_ci_{e}" for m in ("accuracy", "score_accuracy", "invalid_rate", "generate_accuracy")
+            for e in ("low", "high")]
+    assert header[-8:] == ends and header.index("memory_backward_peak_bytes") == len(header) - 9
+    headers, body = tables["Results"]
+    row = dict(zip(headers, body[0]))
+    assert row["test invalid_rate"] == "0.0200 [0.00, 0.10]" and row["test loss"] == "0.3000"  # no interval for a loss
+    assert "Paired tests" not in md  # one row: nothing to compare
+
+
+def test_the_best_without_predictions_and_other_example_ids(tmp_path):
+    comparison = tmp_path / "c"
+    run_with_predictions(comparison / "full", "full", None, accuracy=0.9)
+    run_with_predictions(comparison / "lora", "lora", against_full(4, 1))
+    md, _ = report(comparison)
+    assert "No paired test was possible for lora: the best run (full) has no predictions.jsonl." in md
+    assert "On these" not in md and "## Paired tests" not in md
+
+    other = tmp_path / "other"
+    run_with_predictions(other / "full", "full", FULL)
+    run_with_predictions(other / "lora", "lora", against_full(4, 1), ids=list(range(100, 100 + N)))
+    md, _ = report(other)
+    assert "No paired test was possible for lora: different test example ids." in md
+
+
+def test_tasks_without_right_answers_get_no_paired_test_and_no_interval(tmp_path):
+    comparison = tmp_path / "c"
+    for method, perplexity in [("full", 18.5), ("lora", 20.0)]:
+        path = fake_run(comparison / method, method, task="lm", primary_metric="perplexity", higher_is_better=False,
+                        test={"loss": 3.0, "perplexity": perplexity, "tokens": 4096})
+        records = [{"id": i, "gold": None, "predicted": None, "score": 12.5, "correct": None, "tokens": 64,
+                    "nll": 12.5} for i in range(3)]
+        (path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    md, tables = report(comparison)
+    assert "No paired test was possible for lora: the lm task has no right or wrong answer per example." in md
+    assert "[" not in "".join(cell for row in tables["Results"][1] for cell in row)
+    assert "_ci_" not in "".join(read_csv(comparison / "results.csv")[0])
+
+
+def test_seeds_compare_each_rows_first_run(tmp_path):
+    comparison = tmp_path / "c"
+    run_with_predictions(comparison / "full", "full", FULL)
+    run_with_predictions(comparison / "lora-seed0", "lora", against_full(10, 2), seed=0)
+    run_with_predictions(comparison / "lora-seed1", "lora", against_full(0, 0), seed=1)
+    md, tables = report(comparison)
+    assert "lora (p = 0.0386) is worse" in md
+    assert "With several seeds per row, each row's first run is the one compared" in md
+    headers, body = tables["Paired tests against full"]
+    assert dict(zip(headers, body[0]))["run compared"] == "lora-seed0"
+    headers, body = tables["Results"]
+    assert dict(zip(headers, body[1]))["test accuracy"].startswith("0.7500 ± 0.1414 [")  # mean ± std kept
+
+
+def test_a_broken_predictions_file_is_one_line_of_error(tmp_path, capsys):
+    path = run_with_predictions(tmp_path / "c" / "full", "full", FULL)
+    (path / "predictions.jsonl").write_text('{"id": 0, "correct": true}\n{"gold": "x"}\n')
+    assert cli.main(["report", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "predictions.jsonl:2" in err and err.count("\n") == 1
+
+
+def test_the_budget_per_row_and_where_it_differs(tmp_path):
+    comparison = tmp_path / "c"
+    for method in ("full", "lora", "lstm"):
+        path = run_with_predictions(comparison / method, method, FULL)
+        train = {"seed": 0, "epochs": 5 if method == "lstm" else 1, "max_steps": None}
+        (path / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method}, "train": train}))
+    md, tables = report(comparison)
+    assert "Budgets differ: lstm trains for 5 epochs, the others for 1 epoch." in md
+    headers, body = tables["Budget per method"]
+    assert headers == ["method", "epochs", "max steps", "steps taken", "train examples"]
+    assert body == [["full", "1", "–", "10", "200"], ["lora", "1", "–", "10", "200"], ["lstm", "5", "–", "10", "200"]]
+
+
+def rows_with(budgets: dict[str, dict]) -> list:
+    return make_rows([Run(name, Path(name), Summary.from_dict({"train_examples": b.pop("examples", 200)}),
+                          {"train": b}, []) for name, b in budgets.items()])
+
+
+def test_budget_differences_in_words():
+    assert budget_differences(rows_with({"a": {"epochs": 1}, "b": {"epochs": 1}})) is None
+    assert budget_differences(rows_with({"a": {"epochs": 1}, "b": {"epochs": 3}})) == (
+        "Budgets differ: b trains for 3 epochs, a for 1 epoch.")
+    assert budget_differences(rows_with({
+        "a": {"epochs": 1}, "b": {"epochs": 1, "max_steps": 50}, "c": {"epochs": 5}, "d": {"epochs": 3, "examples": 90},
+    })) == ("Budgets differ: c trains for 5 epochs; d trains for 3 epochs, the others for 1 epoch; "
+            "b trains for at most 50 steps, the others with no step limit; "
+            "d trains on 90 train examples, the others on 200 train examples.")
