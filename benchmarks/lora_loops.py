@@ -118,8 +118,9 @@ class WithLoss(torch.nn.Module):
 
 def run_trainer(args, prepared, out_dir: Path) -> dict:
     model = peft_model(len(prepared.label_names))
+    total_steps = args.epochs * math.ceil(len(prepared.splits["train"]) / args.batch)
     training = TrainingArguments(output_dir=str(out_dir), per_device_train_batch_size=args.batch,
-                                 num_train_epochs=args.epochs, learning_rate=LR, warmup_ratio=WARMUP,
+                                 num_train_epochs=args.epochs, learning_rate=LR, warmup_steps=round(WARMUP * total_steps),
                                  max_grad_norm=CLIP, weight_decay=0.0, lr_scheduler_type="linear", seed=SEED,
                                  logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[],
                                  use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)

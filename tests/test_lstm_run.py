@@ -209,7 +209,7 @@ def test_params_explains_the_lstm_has_no_size_before_its_vocabulary(run_cli):
 
 
 @pytest.mark.parametrize("argv, phrases", [
-    (["predict", "nowhere-run"], ("the following arguments are required: TEXT",)),
+    (["predict", "nowhere-run"], ("give the texts to label, or --file FILE",)),
     (["predict", "nowhere-run", "a fine film"], ("nowhere-run is not a run directory",)),
 ])
 def test_predict_bad_input(run_cli, argv, phrases):

@@ -29,11 +29,22 @@ def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
 
 
 class LengthGroupedBatches:
-    """A batch sampler: random batches of similar length, every example once per epoch."""
+    """A batch sampler: random batches of similar length, every example once per epoch.
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: int = 50):
-        self.lengths, self.batch_size, self.seed, self.group = lengths, batch_size, seed, group
+    ``lengths`` may be a function that gives them (with ``size``, the number of examples): they
+    are then computed when the first epoch starts, not for a run that never trains."""
+
+    def __init__(self, lengths: list[int] | Callable[[], list[int]], batch_size: int, seed: int, group: int = 50,
+                 size: int | None = None):
+        self._lengths, self.batch_size, self.seed, self.group = lengths, batch_size, seed, group
+        self.size = len(lengths) if size is None else size
         self.epoch = 0
+
+    @property
+    def lengths(self) -> list[int]:
+        if callable(self._lengths):
+            self._lengths = self._lengths()
+        return self._lengths
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -55,7 +66,7 @@ class LengthGroupedBatches:
         return iter(self.batches())
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        return math.ceil(self.size / self.batch_size)
 
 
 class SortedBatches:

@@ -128,7 +128,8 @@ def predict_run(run_dir: Path, texts: list[str]) -> list[dict[str, Any]]:
     results = []
     for start in range(0, len(features), cfg.eval.batch_size):
         batch = prepared.collate(features[start:start + cfg.eval.batch_size])
-        probs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).softmax(-1)  # (B, labels)
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "lengths")}  # tokens, or cached features
+        probs = model(**inputs).softmax(-1)  # (B, labels)
         for row in probs:
             best = int(row.argmax())
             results.append({"label": prepared.label_names[best], "probability": row[best].item(),

@@ -134,7 +134,8 @@ def make_loaders(cfg: RunConfig, prepared: Prepared) -> tuple[DataLoader, DataLo
         return DataLoader(splits[name], batch_sampler=SortedBatches(lengths(name), cfg.eval.batch_size), collate_fn=collate)
 
     if cfg.train.group_by_length:
-        batches = LengthGroupedBatches(lengths("train"), cfg.train.batch_size, cfg.train.seed)
+        batches = LengthGroupedBatches(lambda: lengths("train"), cfg.train.batch_size, cfg.train.seed,
+                                       size=len(splits["train"]))
         train = DataLoader(splits["train"], batch_sampler=batches, collate_fn=collate)
     else:
         train = DataLoader(splits["train"], batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate)
@@ -224,8 +225,9 @@ def train_step(loop: Loop, state: TrainState, batch: tasks.Batch) -> bool:
     accelerator, started = loop.accelerator, time.perf_counter()
     with accelerator.accumulate(loop.model):
         loss, metrics = loop.prepared.task.loss(loop.model, batch)
-        if not torch.isfinite(loss):
-            raise UserError(f"the loss became {loss.item()} at step {state.step}; "
+        value = loss.item()  # the step's one wait for the device: the check and the logs read it
+        if not math.isfinite(value):
+            raise UserError(f"the loss became {value} at step {state.step}; "
                             f"the last good checkpoint is kept in {loop.run_dir / runs.CHECKPOINT}")
         accelerator.backward(loss)
         if accelerator.sync_gradients and loop.cfg.train.max_grad_norm is not None:
@@ -236,7 +238,6 @@ def train_step(loop: Loop, state: TrainState, batch: tasks.Batch) -> bool:
     state.train_tokens += int(metrics["tokens"]) * accelerator.num_processes
     state.train_positions += int(metrics["positions"]) * accelerator.num_processes
     state.train_seconds += time.perf_counter() - started
-    value = loss.item()
     loop.window.append(value)
     # The epoch's running train loss (and task metrics): this process's batches, dropout on.
     sums = state.epoch_sums

@@ -57,3 +57,20 @@ def test_cached_splits_hold_one_feature_vector_per_example(tiny_run_config, tmp_
         ids = torch.tensor([example["input_ids"]])
         direct = prepared.model.eval().pool(ids, torch.ones_like(ids))[0]
     torch.testing.assert_close(train[0]["features"], direct, atol=1e-5, rtol=0)
+
+
+def test_eval_and_predict_rebuild_a_cached_run(tiny_run_config, tmp_path, capsys):
+    for cache in (True, False):
+        assert cli.main(["train", *cli_args(head_config(tiny_run_config, tmp_path, cache))]) == 0
+    summary = json.loads((tmp_path / "cache-True" / "summary.json").read_text())
+    capsys.readouterr()
+    assert cli.main(["eval", str(tmp_path / "cache-True"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-9)
+    texts = ["a great fun movie", "the plot was dull and boring"]
+    answers = []
+    for cache in (True, False):
+        assert cli.main(["predict", str(tmp_path / f"cache-{cache}"), *texts, "--json"]) == 0
+        answers.append([json.loads(line) for line in capsys.readouterr().out.strip().splitlines()])
+    for cached, plain in zip(*answers):
+        assert cached["label"] == plain["label"] and cached["probability"] == pytest.approx(plain["probability"], abs=1e-5)

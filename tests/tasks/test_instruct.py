@@ -14,7 +14,7 @@ from conftest import cli_args, write_jsonl
 from tunelab import cli
 from tunelab.build import prepare
 from tunelab.config import load_config
-from tunelab.tasks import causal, instruct
+from tunelab.tasks import causal, decoding, instruct
 
 POS, NEG = ["good", "great", "fun", "superb"], ["bad", "awful", "dull", "boring"]
 
@@ -91,11 +91,10 @@ def test_output_that_is_not_a_label_counts_as_wrong_and_invalid(prepared, monkey
     n = len(prepared.splits["test"])
     gold = prepared.splits["test"]["label_id"]
     answers = iter(["positive" if g else "negative" for g in gold[:4]] + ["maybe"] * (n - 4))
-    def fake_generate(model, tok, prompts, k, with_first_logprobs=False):
-        texts = [next(answers) for _ in prompts]
-        return (texts, None) if with_first_logprobs else texts  # None: scoring makes its own pass
+    def fake_decoding(model, tok, prompts, k, share_prefix=True):
+        return [next(answers) for _ in prompts], None  # None: scoring makes its own pass
 
-    monkeypatch.setattr(causal, "generate", fake_generate)
+    monkeypatch.setattr(decoding, "greedy_texts", fake_decoding)
     metrics = instruct.evaluate(prepared.model, loader(prepared, "test", 3), Accelerator(cpu=True), prepared, "test")
     assert metrics["generate_accuracy"] == pytest.approx(4 / n)
     assert metrics["invalid_rate"] == pytest.approx((n - 4) / n)

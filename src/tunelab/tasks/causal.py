@@ -171,12 +171,10 @@ def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
 
 
 @torch.inference_mode()
-def generate(model: nn.Module, tokenizer, prompts: list[list[int]], max_new_tokens: int, with_first_logprobs: bool = False,
-             **sampling) -> list[str] | tuple[list[str], torch.Tensor]:
-    """Continue each prompt; batched with left padding (so every prompt ends where generation
-    starts) and the KV cache. Greedy unless ``do_sample=True`` is passed. Returns the new text
-    and, with ``with_first_logprobs``, the (B, V) log-probabilities of the first new token: the
-    distribution after each prompt, which scoring would otherwise compute in a pass of its own."""
+def generate(model: nn.Module, tokenizer, prompts: list[list[int]], max_new_tokens: int, **sampling) -> list[str]:
+    """Continue each prompt with Hugging Face ``generate``; batched with left padding (so every
+    prompt ends where generation starts) and the KV cache. Greedy unless ``do_sample=True`` is
+    passed. Returns the new text. (Evaluation's greedy answers: :mod:`tunelab.tasks.decoding`.)"""
     device = next(model.parameters()).device
     input_ids = pad(prompts, tokenizer.pad_token_id, left=True).to(device)
     attention_mask = pad([[1] * len(p) for p in prompts], 0, left=True).to(device)
@@ -186,13 +184,9 @@ def generate(model: nn.Module, tokenizer, prompts: list[list[int]], max_new_toke
     if not sampling["do_sample"]:  # silence the model's default sampling settings under greedy
         sampling.update(temperature=None, top_p=None, top_k=None)
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         output_logits=with_first_logprobs, return_dict_in_generate=True, **sampling)
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling)
     model.train(was_training)
-    texts = tokenizer.batch_decode(out.sequences[:, input_ids.shape[1]:], skip_special_tokens=True)
-    if not with_first_logprobs:
-        return texts
-    return texts, out.logits[0].float().log_softmax(-1)
+    return tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
 
 
 def batched(items: list, size: int) -> Iterable[list]:

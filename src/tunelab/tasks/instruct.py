@@ -26,7 +26,7 @@ import torch
 from tunelab.data.labels import label_set
 from tunelab.errors import UserError
 from tunelab.models.loading import check_context_length, load_config, load_tokenizer
-from tunelab.tasks import Prepared, causal
+from tunelab.tasks import Prepared, causal, decoding
 
 
 def resolve_label_words(task, names: list[str]) -> list[str]:
@@ -149,10 +149,11 @@ def score_batch(model, unwrapped, batch, prepared, generate: bool) -> dict[str, 
     likelihood and its probability among the labels, and (``generate``) the generated label.
     ``unwrapped``: the model as Hugging Face ``generate`` needs it (not Accelerate's wrapper)."""
     answers, gold = prepared.extras["answers"], batch["label"]
-    first, texts = None, None
-    if generate:  # greedy generation; its first step is the distribution scoring needs
-        texts, first = causal.generate(unwrapped, prepared.tokenizer, batch["prompt_ids"],
-                                       prepared.cfg.task.max_new_tokens, with_first_logprobs=True)
+    # One pass gives the distribution after each prompt (what scoring needs) and, when asked,
+    # the greedy answer; the prompts' shared beginning is computed once (tunelab.tasks.decoding).
+    texts, first = decoding.greedy_texts(unwrapped, prepared.tokenizer, batch["prompt_ids"],
+                                         prepared.cfg.task.max_new_tokens if generate else 0,
+                                         share_prefix=prepared.cfg.method.virtual_tokens == 0)
     nll, lengths = label_nll(model, batch["prompt_ids"], answers, prepared.tokenizer.pad_token_id, gold.device, first)
     chosen = (-nll).softmax(1)  # (B, L): the labels' probabilities, renormalised among the labels
     result = {"gold_nll": nll.gather(1, gold[:, None]).squeeze(1), "gold_tokens": lengths[gold],
