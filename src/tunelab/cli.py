@@ -264,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspection_commands(sub)
     add_generate_command(sub)
     add_catalog_commands(sub)
+    from tunelab.sweep.command import add_sweep_command
+
+    add_sweep_command(sub)
     return parser
 
 
@@ -372,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         plugins.load_plugins()  # before the parser: plugin methods and tasks are named there too
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
-        if args.command not in ("compare", "report"):  # these two never load a model themselves
+        if args.command not in ("compare", "report", "sweep"):  # these never load a model themselves
             _quiet_libraries()
         return args.func(args, extra)
     except UserError as exc:

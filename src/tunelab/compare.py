@@ -247,9 +247,9 @@ def train_command(run: PlannedRun, state: str, config_file: Path) -> list[str]:
     return command + (["--output.overwrite", "true"] if state == "restart" else [])
 
 
-def run_child(command: list[str], log_file: Path, on_progress=None) -> int:
+def run_child(command: list[str], log_file: Path, on_progress=None, env: dict[str, str] | None = None) -> int:
     """Run one training process, its output into ``log_file``; report its step as it goes."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
     linux = sys.platform.startswith("linux")
     with open(log_file, "ab") as log:
         log.write(f"$ {' '.join(command)}\n".encode())

@@ -66,6 +66,8 @@ class Summary:
     """Of the tokens in the training batches, the share that was padding."""
     dropped_examples: int = 0
     """Examples dropped for a missing label or text (``data.drop_missing``)."""
+    pruned: bool = False
+    """A sweep's pruner stopped this trial at a validation (tunelab.sweep)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys of a summary written by another tunelab version that this one does not know."""
 

@@ -62,6 +62,8 @@ class TrainState:
     """Validations in a row without improvement (early stopping)."""
     last_eval_step: int = -1
     stopped_early: bool = False
+    pruned: bool = False
+    """A sweep's pruner stopped the run (tunelab.sweep.pruning)."""
     train_tokens: int = 0
     train_positions: int = 0
     """Token positions of the training batches, padding included."""
@@ -99,6 +101,8 @@ class Loop:
     higher_is_better: bool
     clock: float = 0.0
     """perf_counter value the loop's time counts from (moved back by a resumed run's time)."""
+    reporter: Any = None
+    """A sweep trial's ``report(step, metrics) -> prune?`` (tunelab.sweep.pruning), else None."""
     bar: Any = None
     window: list[float] = field(default_factory=list)
     """Train losses since the last log line."""
@@ -156,8 +160,11 @@ def setup(cfg: RunConfig, prepared: Prepared, run_dir: Path, accelerator: Accele
     # Not passed to accelerator.prepare: we step it once per optimizer step ourselves.
     scheduler = get_linear_schedule_with_warmup(optimizer, round(tc.warmup_ratio * total_steps), total_steps)
     select_metric, higher_is_better = tasks.select_metric(cfg)
+    from tunelab.sweep.pruning import reporter_from_env  # imports optuna only inside a sweep's trial
+
     return Loop(cfg, prepared, run_dir, accelerator, model, params, optimizer, scheduler, *loaders, test_order,
-                total_steps=total_steps, select_metric=select_metric, higher_is_better=higher_is_better)
+                total_steps=total_steps, select_metric=select_metric, higher_is_better=higher_is_better,
+                reporter=reporter_from_env())
 
 
 def start_state(loop: Loop, resume: bool) -> TrainState:
@@ -180,7 +187,7 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
     loop.bar = tqdm(total=loop.total_steps, initial=state.step, desc=cfg.method.name, unit="step",
                     disable=not loop.accelerator.is_local_main_process, dynamic_ncols=True)
     loop.model.train()
-    stop = state.stopped_early or state.step >= loop.total_steps
+    stop = state.stopped_early or state.pruned or state.step >= loop.total_steps
     loop.clock = time.perf_counter() - state.loop_seconds
     if not loop.params:
         validate(loop, state)  # the untrained model's validation numbers stand as its "best"
@@ -304,7 +311,10 @@ def validate(loop: Loop, state: TrainState) -> bool:
     if loop.main:
         runs.save_state(loop.run_dir, trainable_state(unwrapped), loop.optimizer, loop.scheduler, asdict(state))
     loop.accelerator.wait_for_everyone()
-    return loop.cfg.train.patience is not None and state.bad_evals >= loop.cfg.train.patience
+    if loop.reporter is not None and loop.reporter(state.step, metrics):
+        state.pruned = True
+        loop.bar.write(f"step {state.step}: the sweep's pruner stops this trial", file=sys.stderr)
+    return state.pruned or (loop.cfg.train.patience is not None and state.bad_evals >= loop.cfg.train.patience)
 
 
 def finish(loop: Loop, state: TrainState, started: float) -> Summary:
@@ -327,6 +337,7 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         wall_time_s=time.perf_counter() - started,
         tokens_per_second=state.train_tokens / max(state.train_seconds, 1e-9),
         padding_fraction=1 - state.train_tokens / state.train_positions if state.train_positions else None,
+        pruned=state.pruned,
         dropped_examples=prepared.dropped,
         train_examples=len(prepared.splits["train"]), test_examples=len(prepared.splits["test"]),
         label_names=prepared.label_names, **peak_memory(loop.accelerator), memory=state.memory,

@@ -47,6 +47,10 @@ class TaskOptions(Strict):
         """Tokens per training example, at most (what ``--quick`` and ``profile`` size by)."""
         return self.max_length
 
+    def validation_metrics(self) -> list[str]:
+        """What the task's evaluation reports on the validation split (a sweep's objective is one)."""
+        return ["loss", self.primary_metric]
+
     def required_columns(self, data: DataConfig) -> dict[str, str]:
         """The data columns every example needs, each with the config key that names it
         (``data.label_column`` marks the label). The loader checks them before splitting:
@@ -81,6 +85,10 @@ class InstructTask(TaskOptions):
 
     name: Literal["instruct"] = "instruct"
     causal: ClassVar[bool] = True
+
+    def validation_metrics(self) -> list[str]:
+        generated = ["generate_accuracy", "invalid_rate"] if self.generate_on_validation else []
+        return ["loss", "score_accuracy", "accuracy", *generated]
     template: str = "Review: {text}\nSentiment:"
     """Prompt with ``{field}`` placeholders naming data columns (e.g. ``{passage}``, ``{question}``)."""
     label_words: list[str] | dict[str, str] | None = None
@@ -159,6 +167,9 @@ class SummarizationTask(TaskOptions):
     primary_metric: ClassVar[str] = "rougeL"
     select_metric: ClassVar[str] = "loss"
     causal: ClassVar[bool] = True
+
+    def validation_metrics(self) -> list[str]:
+        return ["loss", "rouge1", "rouge2", "rougeL"] if self.rouge_on_validation else ["loss"]
     template: str = "{article}\nTL;DR:"
     summary_column: str = "summary"
     """The reference summary's column (the article fields are named in the template)."""

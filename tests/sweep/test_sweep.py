@@ -1,0 +1,121 @@
+"""`tunelab sweep` on a tiny model: the grid exactly, pruning, two workers, a kill and a re-run.
+
+Every trial is a `tunelab train` process on the tiny BERT and the tiny CSV of conftest
+(seconds each); the study is Optuna's journal file in the sweep directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tunelab import cli
+from tunelab.sweep.study import JOURNAL, STUDY_NAME
+
+GRID = {"method.r": [2, 4], "train.lr": [1.0e-2, 2.0e-2]}
+
+
+def sweep_yaml(path: Path, tiny_run_config: dict, search: dict, **settings) -> Path:
+    base = {k: v for k, v in tiny_run_config.items() if k != "output"}
+    base["train"] = {**base["train"], "epochs": 1, "eval_every_steps": 2}
+    path.write_text(yaml.safe_dump({**base, "search": search, "sampler": "grid",
+                                    "objective": {"metric": "accuracy", "direction": "maximize"}, **settings}))
+    return path
+
+
+def load(directory: Path) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(directory / JOURNAL)))
+    return optuna.load_study(study_name=STUDY_NAME, storage=storage)
+
+
+def finished(study: optuna.Study) -> dict[tuple, float]:
+    return {(t.params["method.r"], t.params["train.lr"]): t.value for t in study.trials if t.state == TrialState.COMPLETE}
+
+
+@pytest.fixture
+def grid_config(tmp_path, tiny_run_config):
+    return sweep_yaml(tmp_path / "sweep.yaml", tiny_run_config, {**GRID, "method.alpha": "2 * method.r"})
+
+
+def test_a_grid_sweep_runs_exactly_the_grid_and_selects_on_validation(grid_config, tmp_path, capsys):
+    out = tmp_path / "grid"
+    assert cli.main(["sweep", "--config", str(grid_config), "--output", str(out), "--no-progress"]) == 0
+    study = load(out)
+    assert len(study.trials) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert sorted(finished(study)) == sorted((r, lr) for r in GRID["method.r"] for lr in GRID["train.lr"])
+    for trial in study.trials:  # every trial an ordinary run directory; alpha tied to r
+        run = yaml.safe_load((Path(trial.user_attrs["run_dir"]) / "config.yaml").read_text())
+        assert run["method"]["alpha"] == 2 * run["method"]["r"] == 2 * trial.params["method.r"]
+        summary = json.loads((Path(trial.user_attrs["run_dir"]) / "summary.json").read_text())
+        assert trial.value == summary["validation"]["accuracy"]
+    best = max(study.trials, key=lambda t: t.value)
+    assert study.best_trial.number == best.number
+    assert f"selected trial {best.number}" in capsys.readouterr().out
+    assert cli.main(["report", str(out / f"trial-{best.number:03d}"), "--output", str(tmp_path / "r")]) == 0
+
+
+def test_the_median_pruner_stops_a_trial_worse_at_its_first_validation(tmp_path, tiny_run_config):
+    # The first trial barely moves (lr 1e-9); the second's lr 1.0 sends its validation loss from
+    # 0.70 to about 7 at the first validation: worse than the median of the trials before it.
+    config = sweep_yaml(tmp_path / "sweep.yaml", tiny_run_config, {"train.lr": [1.0e-9, 1.0]}, pruner="median",
+                        pruner_startup_trials=1, objective={"metric": "loss", "direction": "minimize"})
+    out = tmp_path / "pruned"
+    assert cli.main(["sweep", "--config", str(config), "--output", str(out), "--no-progress"]) == 0
+    study = load(out)
+    states = {t.params["train.lr"]: t.state for t in study.trials}
+    assert states == {1.0e-9: TrialState.COMPLETE, 1.0: TrialState.PRUNED}
+    pruned = next(t for t in study.trials if t.state == TrialState.PRUNED)
+    summary = json.loads((Path(pruned.user_attrs["run_dir"]) / "summary.json").read_text())
+    assert summary["pruned"] is True and summary["steps"] == 2  # stopped at its first validation
+    assert list(pruned.intermediate_values) == [2]
+
+
+def test_two_workers_run_disjoint_trials_whose_union_is_the_grid(grid_config, tmp_path):
+    out = tmp_path / "two"
+    assert cli.main(["sweep", "--config", str(grid_config), "--output", str(out), "--workers", "2", "--no-progress"]) == 0
+    study = load(out)
+    points = [(t.params["method.r"], t.params["train.lr"]) for t in study.trials]
+    assert len(points) == len(set(points)) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2, "both workers ran trials"
+
+
+def test_a_killed_sweep_continues_with_the_same_trials(grid_config, tmp_path):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "tunelab.cli", "sweep", "--config", str(grid_config), "--output", str(out),
+               "--no-progress"]
+    proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once one trial is done and the next is training
+        time.sleep(0.5)
+        if (out / JOURNAL).exists():
+            states = [t.state for t in load(out).trials]
+            if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+                break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert cli.main(["sweep", "--config", str(grid_config), "--output", str(out), "--no-progress"]) == 0
+    study = load(out)
+    assert sum(t.state == TrialState.FAIL for t in study.trials) == 1  # the interrupted one, run again
+    reference = tmp_path / "straight"
+    assert cli.main(["sweep", "--config", str(grid_config), "--output", str(reference), "--no-progress"]) == 0
+    assert finished(study) == finished(load(reference))  # the same points, the same validation numbers
+
+
+def test_a_second_sweep_with_another_config_is_refused(grid_config, tmp_path, tiny_run_config, capsys):
+    out = tmp_path / "once"
+    small = sweep_yaml(tmp_path / "small.yaml", tiny_run_config, {"method.r": [2]})
+    assert cli.main(["sweep", "--config", str(small), "--output", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli.main(["sweep", "--config", str(grid_config), "--output", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: this sweep's study was made from another config") and err.count("\n") == 1
