@@ -20,7 +20,7 @@ Colors = dict[str, Any]
 def make_plots(results: Results) -> list[Image]:
     """Every plot the runs have data for, in the order the report shows them."""
     rows, metric = results.rows, results.pareto.metric
-    plt = _pyplot()
+    plt = pyplot()
     colors = {row.name: plt.get_cmap("tab10")(i % 10) for i, row in enumerate(rows)}
     made = [
         ("validation_loss.png", "Validation loss per method", validation_loss(rows, colors)),
@@ -36,7 +36,7 @@ def validation_loss(rows: list[Row], colors: Colors) -> bytes | None:
     curved = [row for row in rows if any(r.validation for r in row.runs)]
     if not curved:
         return None
-    fig, ax = _pyplot().subplots(figsize=(7.5, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.5))
     for row in curved:
         for i, run in enumerate(row.runs):
             records = [rec for rec in run.validation if "loss" in rec]
@@ -48,7 +48,7 @@ def validation_loss(rows: list[Row], colors: Colors) -> bytes | None:
     ax.set_title("Validation loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    return _png(fig)
+    return png(fig)
 
 
 def pareto(rows: list[Row], front: Pareto, colors: Colors) -> bytes | None:
@@ -60,7 +60,7 @@ def pareto(rows: list[Row], front: Pareto, colors: Colors) -> bytes | None:
     metric, on_front = front.metric, set(front.front)
     by_name = {row.name: row for row in rows}
     # Taller with more points, so that the labels of a crowd find room beside it.
-    fig, ax = _pyplot().subplots(figsize=(7.5, max(4.5, 1.5 + 0.22 * len(front.points))))
+    fig, ax = pyplot().subplots(figsize=(7.5, max(4.5, 1.5 + 0.22 * len(front.points))))
     for name, params, score in front.points:
         x = max(params, 1)  # zero-shot rows train nothing; log axes start at 1
         ax.errorbar(x, score, yerr=error_bar(by_name[name], f"test_{metric}", score),
@@ -79,7 +79,7 @@ def pareto(rows: list[Row], front: Pareto, colors: Colors) -> bytes | None:
     label_points(ax, [(max(params, 1), score, name + (" (0 trained)" if params == 0 else ""))
                       for name, params, score in front.points])
     ax.legend(fontsize=8, loc="best")
-    return _png(fig)
+    return png(fig)
 
 
 def error_bar(row: Row, key: str, value: float) -> list[list[float]]:
@@ -131,7 +131,7 @@ def time_memory(rows: list[Row], colors: Colors) -> bytes | None:
     timed = [row for row in rows if row.mean("train_time_s") is not None or row.mean("peak_memory_bytes") is not None]
     if not timed:
         return None
-    fig, axes = _pyplot().subplots(1, 2, figsize=(10, 0.45 * len(timed) + 1.5))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 0.45 * len(timed) + 1.5))
     labels = [row.name for row in timed]
     for ax, key, label, scale in [(axes[0], "train_time_s", "train time (s)", 1.0),
                                   (axes[1], "peak_memory_bytes", "peak memory (MB)", 1e6)]:
@@ -143,7 +143,7 @@ def time_memory(rows: list[Row], colors: Colors) -> bytes | None:
         ax.grid(alpha=0.3, axis="x")
     axes[1].set_yticklabels([])  # the left panel names the methods for both
     fig.suptitle("Train time and peak memory")
-    return _png(fig)
+    return png(fig)
 
 
 MEMORY_PARTS = [("memory_weights_bytes", "weights", "#4c72b0"),
@@ -166,7 +166,7 @@ def memory_breakdown(rows: list[Row]) -> bytes | None:
             # Gradients exist only once backward has run.
             stacks.append([0 if phase == "forward" and key == "memory_gradients_bytes" else (row.mean(key) or 0) / 1e6
                            for key, _, _ in MEMORY_PARTS])
-    fig, ax = _pyplot().subplots(figsize=(8, 0.32 * len(labels) + 1.5))
+    fig, ax = pyplot().subplots(figsize=(8, 0.32 * len(labels) + 1.5))
     left = [0.0] * len(labels)
     for j, (_, part, color) in enumerate(MEMORY_PARTS):
         widths = [stack[j] for stack in stacks]
@@ -177,10 +177,11 @@ def memory_breakdown(rows: list[Row]) -> bytes | None:
     ax.set_title("Memory breakdown: forward and backward peak per method")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, axis="x")
-    return _png(fig)
+    return png(fig)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,8 +190,9 @@ def _pyplot():
     return plt
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buffer.getvalue()

@@ -11,7 +11,6 @@ the comparison report's document model (:mod:`tunelab.report.document`).
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import statistics
@@ -22,6 +21,7 @@ from typing import Any
 
 from tunelab.report.document import (BulletList, Code, Document, Heading, Image, Paragraph, Table, to_html,
                                      to_markdown)
+from tunelab.report.plots import png, pyplot
 from tunelab.summary import FILE as SUMMARY_FILE, Summary
 from tunelab.sweep.space import Space, evaluate
 from tunelab.sweep.study import encode
@@ -217,7 +217,7 @@ def objective_plot(sweep: Sweep) -> bytes | None:
     pruned = [(r.number, r.value) for r in sweep.rows if r.state == "pruned" and r.value is not None]
     if not complete and not pruned:
         return None
-    fig, ax = _pyplot().subplots(figsize=(7.5, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.5))
     if complete:
         ax.scatter(*zip(*complete), marker="o", color="tab:blue", label="complete", zorder=3)
         ax.step(*zip(*running_best(complete, sweep.maximize)), where="post", color="gray", label="best so far")
@@ -231,7 +231,7 @@ def objective_plot(sweep: Sweep) -> bytes | None:
            title=f"Validation {sweep.metric} per trial ({'higher' if sweep.maximize else 'lower'} is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 def running_best(points: list[tuple[int, float]], maximize: bool) -> list[tuple[int, float]]:
@@ -253,7 +253,7 @@ def heatmap_plot(sweep: Sweep, space: Space) -> bytes | None:
     import numpy as np
 
     grid = np.array([[np.nan if v is None else v for v in line] for line in cells])
-    fig, ax = _pyplot().subplots(figsize=(max(4.5, 1.3 * len(xs) + 2.5), max(3.0, 0.8 * len(ys) + 1.5)))
+    fig, ax = pyplot().subplots(figsize=(max(4.5, 1.3 * len(xs) + 2.5), max(3.0, 0.8 * len(ys) + 1.5)))
     image = ax.imshow(grid, cmap="viridis" if sweep.maximize else "viridis_r", aspect="auto")
     for (i, j), value in np.ndenumerate(grid):
         if not np.isnan(value):
@@ -264,7 +264,7 @@ def heatmap_plot(sweep: Sweep, space: Space) -> bytes | None:
     ax.set_yticks(range(len(ys)), [shown(v) for v in ys])
     ax.set(xlabel=x_key, ylabel=y_key, title=f"Validation {sweep.metric} per grid cell (mean of repeats)")
     fig.colorbar(image, ax=ax, label=f"validation {sweep.metric}")
-    return _png(fig)
+    return png(fig)
 
 
 def cell_means(rows: list[TrialRow], x: tuple[str, list], y: tuple[str, list]) -> list[list[float | None]]:
@@ -284,12 +284,12 @@ def importance_plot(importances: dict[str, float] | None) -> bytes | None:
     if not importances:
         return None
     keys = sorted(importances, key=importances.get, reverse=True)
-    fig, ax = _pyplot().subplots(figsize=(7.0, 0.5 * len(keys) + 1.5))
+    fig, ax = pyplot().subplots(figsize=(7.0, 0.5 * len(keys) + 1.5))
     ax.barh(keys, [importances[k] for k in keys], color="tab:blue")
     ax.invert_yaxis()
     ax.set(xlabel="importance (PED-ANOVA, sums to 1)", title="Parameter importances")
     ax.grid(alpha=0.3, axis="x")
-    return _png(fig)
+    return png(fig)
 
 
 def curves_plot(sweep: Sweep) -> bytes | None:
@@ -297,8 +297,8 @@ def curves_plot(sweep: Sweep) -> bytes | None:
     curved = [r for r in sweep.rows if r.curve]
     if not curved:
         return None
-    fig, ax = _pyplot().subplots(figsize=(7.5, 4.5))
-    colors = _pyplot().get_cmap("tab10")
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.5))
+    colors = pyplot().get_cmap("tab10")
     for i, row in enumerate(curved):
         selected = row is sweep.selected
         label = f"trial {row.number}" + (" (selected)" if selected else " (pruned)" if row.state == "pruned" else "")
@@ -308,23 +308,7 @@ def curves_plot(sweep: Sweep) -> bytes | None:
     ax.set(xlabel="optimizer step", ylabel=f"validation {sweep.metric}", title=f"Validation {sweep.metric} per trial")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    return _png(fig)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    return buffer.getvalue()
+    return png(fig)
 
 
 # The document
