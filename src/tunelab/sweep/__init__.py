@@ -48,6 +48,9 @@ def run_sweep(config: str, trials: int | None = None, storage: str | None = None
     if not 1 <= workers <= 64:
         raise UserError(f"--workers must be between 1 and 64 (got {workers})")
     space = load_space(config, trials)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the report and the bar say what happened
     directory = Path(output) if output else default_directory(space)
     text = config_text(space)
     study = studies.open_study(space, studies.storage_for(storage, directory), text)
