@@ -73,6 +73,8 @@ def test_quick_seeds_and_methods_pick_the_runs():
     assert [(r.name, r.seed, r.run_dir.name) for r in plan.runs] == [
         ("prompt", 0, "prompt-seed0"), ("prompt", 1, "prompt-seed1"), ("lora", 0, "lora-seed0"), ("lora", 1, "lora-seed1")]
     assert all(r.config.train.max_steps == compare.QUICK["train"]["max_steps"] for r in plan.runs)
+    # a few examples everywhere, whatever split limits the comparison's own config sets
+    assert all(r.config.data.max_validation_examples == r.config.data.max_test_examples == 96 for r in plan.runs)
     assert plan.runs[2].config.method.r == 8 and plan.runs[2].config.train.lr == pytest.approx(2e-3)
     assert list(plan.config.methods) == ["prompt", "lora"]  # compare.yaml says what ran
 

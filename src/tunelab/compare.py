@@ -38,7 +38,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "minilm-l6" /
 RUN_SECTIONS = ("model", "data", "task", "method", "train", "eval")
 """What a method's entry in `methods:` may override."""
 
-QUICK = {"data": {"max_train_examples": 96, "max_eval_examples": 96},
+QUICK = {"data": {"max_train_examples": 96, "max_eval_examples": 96, "max_validation_examples": 96,
+                  "max_test_examples": 96},
          "train": {"epochs": 1, "max_steps": 6, "batch_size": 16, "eval_every_steps": 3}}
 """`--quick`: a smoke test of every method, a few steps each (the numbers mean little); inputs
 are also cut to QUICK_LENGTH tokens (`task.max_length`, or `task.block_size` for lm)."""

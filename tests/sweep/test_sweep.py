@@ -19,6 +19,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from conftest import write_sentiment_csv
 from tunelab import cli
 from tunelab.sweep.study import JOURNAL, STUDY_NAME
 
@@ -42,14 +43,25 @@ def finished(study: optuna.Study) -> dict[tuple, float]:
     return {(t.params["method.r"], t.params["train.lr"]): t.value for t in study.trials if t.state == TrialState.COMPLETE}
 
 
-@pytest.fixture
-def grid_config(tmp_path, tiny_run_config):
-    return sweep_yaml(tmp_path / "sweep.yaml", tiny_run_config, {**GRID, "method.alpha": "2 * method.r"})
+@pytest.fixture(scope="module")
+def grid_config(tmp_path_factory, tiny_bert_dir):
+    folder = tmp_path_factory.mktemp("sweep")
+    run = {"model": {"name": str(tiny_bert_dir)}, "data": {"name": str(write_sentiment_csv(folder / "reviews.csv"))},
+           "task": {"max_length": 32}, "method": {"name": "lora", "r": 4, "alpha": 8},
+           "train": {"epochs": 2, "batch_size": 8, "lr": 1e-2}, "eval": {"batch_size": 16}}
+    return sweep_yaml(folder / "sweep.yaml", run, {**GRID, "method.alpha": "2 * method.r"})
 
 
-def test_a_grid_sweep_runs_exactly_the_grid_and_selects_on_validation(grid_config, tmp_path, capsys):
-    out = tmp_path / "grid"
+@pytest.fixture(scope="module")
+def straight(grid_config):
+    """The grid swept once, uninterrupted: the reference the other tests compare with."""
+    out = grid_config.parent / "straight"
     assert cli.main(["sweep", "--config", str(grid_config), "--output", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_a_grid_sweep_runs_exactly_the_grid_and_selects_on_validation(straight, tmp_path):
+    out = straight
     study = load(out)
     assert len(study.trials) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
     assert sorted(finished(study)) == sorted((r, lr) for r in GRID["method.r"] for lr in GRID["train.lr"])
@@ -60,7 +72,7 @@ def test_a_grid_sweep_runs_exactly_the_grid_and_selects_on_validation(grid_confi
         assert trial.value == summary["validation"]["accuracy"]
     best = max(study.trials, key=lambda t: t.value)
     assert study.best_trial.number == best.number
-    assert f"selected trial {best.number}" in capsys.readouterr().out
+    assert f"Trial **{best.number}**" in (out / "sweep.md").read_text()
     assert cli.main(["report", str(out / f"trial-{best.number:03d}"), "--output", str(tmp_path / "r")]) == 0
 
 
@@ -89,7 +101,7 @@ def test_two_workers_run_disjoint_trials_whose_union_is_the_grid(grid_config, tm
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2, "both workers ran trials"
 
 
-def test_a_killed_sweep_continues_with_the_same_trials(grid_config, tmp_path):
+def test_a_killed_sweep_continues_with_the_same_trials(grid_config, straight, tmp_path):
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "tunelab.cli", "sweep", "--config", str(grid_config), "--output", str(out),
                "--no-progress"]
@@ -106,16 +118,12 @@ def test_a_killed_sweep_continues_with_the_same_trials(grid_config, tmp_path):
     assert cli.main(["sweep", "--config", str(grid_config), "--output", str(out), "--no-progress"]) == 0
     study = load(out)
     assert sum(t.state == TrialState.FAIL for t in study.trials) == 1  # the interrupted one, run again
-    reference = tmp_path / "straight"
-    assert cli.main(["sweep", "--config", str(grid_config), "--output", str(reference), "--no-progress"]) == 0
-    assert finished(study) == finished(load(reference))  # the same points, the same validation numbers
+    assert finished(study) == finished(load(straight))  # the same points, the same validation numbers
 
 
-def test_a_second_sweep_with_another_config_is_refused(grid_config, tmp_path, tiny_run_config, capsys):
-    out = tmp_path / "once"
-    small = sweep_yaml(tmp_path / "small.yaml", tiny_run_config, {"method.r": [2]})
-    assert cli.main(["sweep", "--config", str(small), "--output", str(out), "--no-progress"]) == 0
+def test_a_second_sweep_with_another_config_is_refused(straight, tmp_path, tiny_run_config, capsys):
+    other = sweep_yaml(tmp_path / "other.yaml", tiny_run_config, {"method.r": [2]})
     capsys.readouterr()
-    assert cli.main(["sweep", "--config", str(grid_config), "--output", str(out), "--no-progress"]) == 2
+    assert cli.main(["sweep", "--config", str(other), "--output", str(straight), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: this sweep's study was made from another config") and err.count("\n") == 1
