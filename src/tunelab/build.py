@@ -37,7 +37,7 @@ def prepare(cfg: RunConfig, run_dir: Path | None = None, whole_data: bool = Fals
         prepared = METHODS.load(cfg.method.name).prepare(cfg, loaded.splits, run_dir)
     else:
         prepared = TASKS.load(cfg.task.name).prepare(cfg, loaded.splits)
-    prepared.dropped = loaded.dropped
+    prepared.dropped += loaded.dropped  # the task may have left out examples of its own (identical pairs)
     return prepared
 
 

@@ -84,7 +84,7 @@ class Task(Protocol):
 
 
 TASKS: Registry[opts.TaskOptions] = Registry(kind="task", package="tunelab.tasks", default="classification")
-for _options in (opts.ClassificationTask, opts.InstructTask, opts.LMTask, opts.SummarizationTask):
+for _options in (opts.ClassificationTask, opts.InstructTask, opts.LMTask, opts.SummarizationTask, opts.PreferenceTask):
     TASKS.register(_options)
 
 

@@ -168,8 +168,6 @@ class SummarizationTask(TaskOptions):
     select_metric: ClassVar[str] = "loss"
     causal: ClassVar[bool] = True
 
-    def validation_metrics(self) -> list[str]:
-        return ["loss", "rouge1", "rouge2", "rougeL"] if self.rouge_on_validation else ["loss"]
     template: str = "{article}\nTL;DR:"
     summary_column: str = "summary"
     """The reference summary's column (the article fields are named in the template)."""
@@ -183,5 +181,59 @@ class SummarizationTask(TaskOptions):
     rouge_on_validation: bool = False
     """Also generate and compute ROUGE on validation (slower); by default only the loss."""
 
+    def validation_metrics(self) -> list[str]:
+        return ["loss", "rouge1", "rouge2", "rougeL"] if self.rouge_on_validation else ["loss"]
+
     def required_columns(self, data: DataConfig) -> dict[str, str]:
         return {**dict.fromkeys(template_fields(self.template), "task.template"), self.summary_column: "task.summary_column"}
+
+
+class DPOObjective(Strict):
+    """Direct Preference Optimization against a frozen reference (Rafailov et al. 2023), or its
+    IPO / hinge variants (tunelab.objectives.dpo)."""
+
+    name: Literal["dpo"] = "dpo"
+    beta: float = Field(0.1, gt=0)
+    """How far the policy may move from the reference: the implicit reward is beta x log-ratio."""
+    loss: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """Probability that a preference label is flipped (conservative DPO); sigmoid loss only."""
+
+
+class PreferenceTask(TaskOptions):
+    """Pairs of responses to one prompt, one preferred (``chosen``) over the other (``rejected``),
+    trained with DPO. Prompt and response are tokenized apart and joined, so the boundary never
+    merges tokens; log-probabilities are summed over the response tokens only."""
+
+    name: Literal["preference"] = "preference"
+    primary_metric: ClassVar[str] = "reward_accuracy"
+    select_metric: ClassVar[str] = "loss"
+    causal: ClassVar[bool] = True
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    max_prompt_length: int = Field(128, ge=1)
+    """Prompts are cut to their last this many tokens (from the left: the end leads into the response)."""
+    max_length: int = Field(256, ge=8, le=131072)
+    """Prompt + response tokens; a response is cut from the right to fit."""
+    objective: DPOObjective = DPOObjective()
+    precompute_reference: bool = False
+    """Compute the reference's log-probabilities of every pair once, before training (always so
+    for methods that change the base weights: full, head, bitfit — no frozen copy is kept)."""
+    dropout: bool = False
+    """Keep the model's dropout during training; off by default: with dropout on, the policy's
+    and the reference's log-ratios are noise even at step 0."""
+
+    def validation_metrics(self) -> list[str]:
+        return ["loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward"]
+
+    def required_columns(self, data: DataConfig) -> dict[str, str]:
+        return {self.prompt_column: "task.prompt_column", self.chosen_column: "task.chosen_column",
+                self.rejected_column: "task.rejected_column"}
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> "PreferenceTask":
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(f"max_prompt_length {self.max_prompt_length} leaves no room for a response in "
+                             f"max_length {self.max_length}; make it smaller than max_length")
+        return self

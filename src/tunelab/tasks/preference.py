@@ -1,0 +1,166 @@
+"""Preference optimization on a causal LM: pairs of responses to one prompt, trained with DPO.
+
+Data: a prompt, a chosen and a rejected response per row (the text format of Anthropic HH or
+UltraFeedback binarized). The prompt and each response are tokenized apart and joined, so the
+boundary never merges tokens; the prompt is cut to its last ``max_prompt_length`` tokens, the
+response (ending with the end-of-sequence token) from the right to fit ``max_length``. A batch
+puts the B chosen rows and then the B rejected rows through the model in one pass, and sums
+each response's token log-probabilities, never the prompt's.
+
+The reference is the frozen base: for a method that injects modules, the same model with them
+switched off (:func:`tunelab.methods.common.disable_adapters`, no second copy); for a method
+that changes the base weights (full, head) its log-probabilities are computed once, before
+training, from the untrained model (``precompute_reference`` does that for every method). The
+model's dropout is off unless ``task.dropout``, so policy and reference agree at step 0.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import datasets
+import torch
+from torch import nn
+
+from tunelab.batching import SortedBatches, example_lengths
+from tunelab.errors import UserError
+from tunelab.methods.common import adapters, disable_adapters
+from tunelab.models.families import is_causal_lm
+from tunelab.models.loading import check_context_length, load_config, load_tokenizer
+from tunelab.objectives.dpo import preference_loss
+from tunelab.tasks import Prepared, causal
+
+REFERENCE = "reference_logps"
+
+
+def encode_pair(tokenizer, task, prompt: str, chosen: str, rejected: str) -> dict:
+    """Token ids of the prompt (its end kept) and of both responses (their start kept, EOS last)."""
+    prompt_ids = tokenizer(prompt)["input_ids"][-task.max_prompt_length:]
+    room, eos = task.max_length - len(prompt_ids), [tokenizer.eos_token_id]
+    response = lambda text: (tokenizer(text, add_special_tokens=False)["input_ids"] + eos)[:room]  # noqa: E731
+    return {"prompt_ids": prompt_ids, "chosen_ids": response(chosen), "rejected_ids": response(rejected)}
+
+
+def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
+    task = cfg.task
+    model_config = load_config(cfg.model)
+    if not is_causal_lm(model_config):
+        raise UserError(f"task preference needs a causal LM (a decoder such as smollm2-135m or gpt2); "
+                        f"{cfg.model.name!r} is a {model_config.model_type} encoder")
+    check_context_length(cfg, model_config)
+    tokenizer = load_tokenizer(cfg.model)
+    splits, same = {}, 0
+    for name, split in raw.items():
+        rows = [encode_pair(tokenizer, task, p, c, r) for p, c, r in
+                zip(split[task.prompt_column], split[task.chosen_column], split[task.rejected_column])]
+        kept = [row for row in rows if row["chosen_ids"] != row["rejected_ids"]]
+        same += len(rows) - len(kept)
+        if not kept:
+            raise UserError(f"the {name} split has no pair whose chosen and rejected responses differ")
+        splits[name] = datasets.Dataset.from_list(kept)
+    if same:  # a pair that prefers a response to itself teaches nothing: say so and leave it out
+        print(f"warning: {same} pair(s) have the same chosen and rejected response; they are left out", file=sys.stderr)
+    model, counts = causal.load_model(cfg, tokenizer)
+    model.dpo_objective = task.objective  # what `loss` needs beside the batch (the loop passes only those two)
+    if not task.dropout:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+    prepared = Prepared(model, tokenizer, datasets.DatasetDict(splits), collator(tokenizer.pad_token_id), [], counts,
+                        task=sys.modules[__name__], cfg=cfg, dropped=same)
+    if task.precompute_reference or not adapters(model):
+        add_reference(prepared)
+    return prepared
+
+
+def collator(pad_id: int):
+    """The B chosen rows, then the B rejected rows, right-padded; labels on the responses only."""
+
+    def collate(examples: list[dict]) -> dict:
+        pairs = [causal.prompt_answer(e["prompt_ids"], e[key]) for key in ("chosen_ids", "rejected_ids") for e in examples]
+        batch = causal.lm_batch([x for x, _ in pairs], [y for _, y in pairs], pad_id)
+        if REFERENCE in examples[0]:
+            batch[REFERENCE] = torch.tensor([e[REFERENCE][i] for i in (0, 1) for e in examples])
+        return batch
+
+    return collate
+
+
+def response_logps(model, batch: dict) -> torch.Tensor:
+    """(2B,) summed log-probability of each row's response given its prompt."""
+    nll, _ = causal.token_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    return -nll
+
+
+def reference_logps(model, batch: dict) -> torch.Tensor:
+    """The precomputed reference log-probabilities, or the model's with its modules switched off."""
+    if REFERENCE in batch:
+        return batch[REFERENCE].to(batch["input_ids"].device)
+    with torch.no_grad(), disable_adapters(model):
+        return response_logps(model, batch)
+
+
+@torch.inference_mode()
+def add_reference(prepared: Prepared) -> None:
+    """Every pair's reference log-probabilities, computed once from the model as it is now."""
+    model, collate = prepared.model.eval(), prepared.collate
+    for name, split in list(prepared.splits.items()):
+        values: list = [None] * len(split)
+        for indices in SortedBatches(example_lengths(split, collate), prepared.cfg.eval.batch_size):
+            batch = collate([split[i] for i in indices])
+            with disable_adapters(model):
+                logps = response_logps(model, batch).tolist()
+            for j, i in enumerate(indices):
+                values[i] = [logps[j], logps[j + len(indices)]]
+        prepared.splits[name] = split.add_column(REFERENCE, values)
+
+
+def pair_results(model, batch: dict, objective):
+    """The objective of each pair, from the policy's and the reference's log-probabilities."""
+    policy, reference = response_logps(model, batch), reference_logps(model, batch)
+    n = policy.shape[0] // 2
+    return preference_loss(policy[:n], policy[n:], reference[:n], reference[n:], objective.beta, objective.loss,
+                           objective.label_smoothing), policy
+
+
+def loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    out, _ = pair_results(model, batch, batch_objective(model))
+    mask = batch["attention_mask"]
+    return out.loss.mean(), {"examples": out.loss.shape[0], "tokens": mask.sum(), "positions": mask.numel(),
+                             "reward_accuracy": out.accuracies.sum(), "reward_margin": out.margins.sum()}
+
+
+def batch_objective(model):
+    """The run's DPO settings, which the task's ``prepare`` pinned on the model (Accelerate may
+    have wrapped it since)."""
+    return getattr(model, "module", model).dpo_objective
+
+
+@torch.inference_mode()
+def evaluate(model, loader, accelerator, prepared, split: str = "validation") -> dict:
+    was_training = model.training
+    model.eval()
+    keys = ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "chosen_logps",
+            "rejected_logps")
+    columns: dict[str, list] = {key: [] for key in keys}
+    for batch in loader:
+        out, policy = pair_results(model, batch, prepared.cfg.task.objective)
+        n = out.loss.shape[0]
+        values = (out.loss, out.accuracies, out.margins, out.chosen_rewards, out.rejected_rewards, policy[:n], policy[n:])
+        for key, gathered in zip(keys, accelerator.gather_for_metrics(values)):
+            columns[key].append(gathered.float().cpu())
+    model.train(was_training)
+    c = {key: torch.cat(v) for key, v in columns.items()}
+    metrics = {key: c[key].mean().item() for key in keys} | {"examples": int(c["loss"].numel())}
+    if split == "test":
+        metrics["predictions"] = [{"gold": "chosen", "predicted": "chosen" if m > 0 else "rejected", "score": m,
+                                   "correct": m > 0} for m in c["reward_margin"].tolist()]
+    return metrics
+
+
+def before_training(model, accelerator, prepared, test_loader) -> dict:
+    return {}
+
+
+def after_training(model, accelerator, prepared) -> dict:
+    return {}

@@ -1,0 +1,158 @@
+"""The preference task with DPO on a tiny causal LM: what counts, the reference, one step."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from conftest import cli_args, write_jsonl
+from tunelab import cli
+from tunelab.build import prepare
+from tunelab.config import load_config
+from tunelab.methods import common
+from tunelab.tasks import preference
+
+PAIRS = [{"prompt": "the film was", "chosen": "good fun", "rejected": "dull and boring"},
+         {"prompt": "a story", "chosen": "superb", "rejected": "awful"},
+         {"prompt": "the actor is", "chosen": "great", "rejected": "weak"},
+         {"prompt": "the plot", "chosen": "was fine", "rejected": "was poor and dull"}] * 6
+
+
+@pytest.fixture
+def pairs_dir(tmp_path):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for split, rows in (("train", PAIRS), ("validation", PAIRS[:8]), ("test", PAIRS[:8])):
+        write_jsonl(folder / f"{split}.jsonl", rows)
+    return folder
+
+
+def config(tiny_causal_dir, pairs_dir, tmp_path, **task) -> dict:
+    return {"model": {"name": str(tiny_causal_dir)}, "data": {"name": str(pairs_dir)},
+            "task": {"name": "preference", "max_length": 16, "max_prompt_length": 6, **task},
+            "method": {"name": "lora", "r": 2, "alpha": 4}, "train": {"epochs": 1, "batch_size": 4, "lr": 5e-2},
+            "eval": {"batch_size": 4}, "output": {"dir": str(tmp_path / "run")}}
+
+
+def prepared_run(tiny_causal_dir, pairs_dir, tmp_path, **overrides):
+    raw = config(tiny_causal_dir, pairs_dir, tmp_path)
+    for section, values in overrides.items():
+        raw[section] = {**raw[section], **values}
+    return prepare(load_config(None, raw))
+
+
+def test_prompt_tokens_never_count_and_chosen_rows_come_first(tiny_causal_dir, pairs_dir, tmp_path):
+    p = prepared_run(tiny_causal_dir, pairs_dir, tmp_path)
+    examples = [p.splits["train"][i] for i in range(2)]
+    batch = p.collate(examples)
+    assert batch["input_ids"].shape[0] == 4
+    for row, (example, key) in enumerate([(e, "chosen_ids") for e in examples] + [(e, "rejected_ids") for e in examples]):
+        labels = batch["labels"][row].tolist()
+        n_prompt = len(example["prompt_ids"])
+        assert all(label == -100 for label in labels[:n_prompt])
+        assert [label for label in labels if label != -100] == example[key]
+
+
+def test_an_untrained_lora_is_its_own_reference_log_2_and_zero_rewards(tiny_causal_dir, pairs_dir, tmp_path):
+    p = prepared_run(tiny_causal_dir, pairs_dir, tmp_path)
+    batch = p.collate([p.splits["train"][i] for i in range(4)])
+    loss, metrics = preference.loss(p.model, batch)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and metrics["reward_margin"].abs().item() < 1e-6
+
+
+def test_response_logps_do_not_depend_on_padding_or_on_the_batch(tiny_causal_dir, pairs_dir, tmp_path):
+    p = prepared_run(tiny_causal_dir, pairs_dir, tmp_path)
+    model = p.model.eval()
+    examples = [p.splits["train"][i] for i in range(4)]
+    together = preference.response_logps(model, p.collate(examples))
+    alone = torch.cat([preference.response_logps(model, p.collate([e])) for e in examples])  # [c0, r0, c1, r1, ...]
+    torch.testing.assert_close(together, alone.view(4, 2).T.reshape(-1), atol=1e-5, rtol=0)
+
+
+def test_precomputed_and_on_the_fly_reference_agree_and_disabled_lora_is_the_base(tiny_causal_dir, pairs_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    on_the_fly = prepared_run(tiny_causal_dir, pairs_dir, tmp_path)
+    precomputed = prepared_run(tiny_causal_dir, pairs_dir, tmp_path, task={"precompute_reference": True})
+    assert preference.REFERENCE in precomputed.splits["train"].column_names
+    common.load_trainable_state(on_the_fly.model, {k: torch.randn_like(v) for k, v in
+                                                   common.trainable_state(on_the_fly.model).items()})
+    examples = [precomputed.splits["train"][i] for i in range(4)]
+    batch = precomputed.collate(examples)
+    base = AutoModelForCausalLM.from_pretrained(tiny_causal_dir).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(preference.reference_logps(on_the_fly.model.eval(), {k: v for k, v in batch.items()
+                                                                                        if k != preference.REFERENCE}),
+                                   batch[preference.REFERENCE], atol=1e-5, rtol=0)
+        torch.testing.assert_close(preference.response_logps(base, batch), batch[preference.REFERENCE], atol=1e-5, rtol=0)
+
+
+def test_one_step_raises_the_chosen_log_ratio_over_the_rejected(tiny_causal_dir, pairs_dir, tmp_path):
+    p = prepared_run(tiny_causal_dir, pairs_dir, tmp_path)
+    model = p.model.train()
+    batch = p.collate([p.splits["train"][i] for i in range(8)])
+    optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-2)
+    for _ in range(3):
+        loss, _ = preference.loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after, metrics = preference.loss(model, batch)
+    assert after.item() < math.log(2) and metrics["reward_margin"].item() > 0
+
+
+def test_a_dpo_run_end_to_end(tiny_causal_dir, pairs_dir, tmp_path):
+    assert cli.main(["train", *cli_args(config(tiny_causal_dir, pairs_dir, tmp_path))]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["task"] == "preference" and summary["primary_metric"] == "reward_accuracy"
+    assert {"loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward"} <= summary["test"].keys()
+    lines = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == summary["test"]["examples"] == 8
+
+
+@pytest.mark.parametrize("change, phrase", [
+    ({"task": {"objective": {"beta": 0}}}, "task.objective.beta"),
+    ({"task": {"max_prompt_length": 16}}, "leaves no room for a response"),
+    ({"model": {"name": "ENCODER"}}, "needs a causal LM"),
+])
+def test_bad_preference_input_is_one_line(tiny_causal_dir, tiny_bert_dir, pairs_dir, tmp_path, capsys, change, phrase):
+    raw = config(tiny_causal_dir, pairs_dir, tmp_path)
+    for section, values in change.items():
+        raw[section] = {**raw[section], **values}
+    if raw["model"]["name"] == "ENCODER":
+        raw["model"]["name"] = str(tiny_bert_dir)
+    capsys.readouterr()
+    assert cli.main(["train", *cli_args(raw)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and phrase in err, err
+
+
+@pytest.mark.parametrize("row, phrase", [
+    ({"prompt": "the film was", "chosen": "good"}, "rejected"),
+    ({"prompt": "the film was", "chosen": "", "rejected": "dull"}, "chosen"),
+], ids=["no-rejected", "empty-response"])
+def test_a_bad_row_is_one_line(tiny_causal_dir, tmp_path, capsys, row, phrase):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for split in ("train", "validation", "test"):
+        write_jsonl(folder / f"{split}.jsonl", PAIRS[:4] + [row])
+    capsys.readouterr()
+    assert cli.main(["train", *cli_args(config(tiny_causal_dir, folder, tmp_path))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and phrase in err, err
+
+
+def test_pairs_with_the_same_response_twice_are_left_out_and_counted(tiny_causal_dir, tmp_path, capsys):
+    folder = tmp_path / "same"
+    folder.mkdir()
+    for split in ("train", "validation", "test"):
+        write_jsonl(folder / f"{split}.jsonl", PAIRS[:4] + [{"prompt": "a story", "chosen": "fine", "rejected": "fine"}])
+    capsys.readouterr()
+    p = prepare(load_config(None, config(tiny_causal_dir, folder, tmp_path)))
+    assert p.dropped == 3 and len(p.splits["train"]) == 4
+    assert "3 pair(s) have the same chosen and rejected response" in capsys.readouterr().err
