@@ -271,7 +271,7 @@ def describe_validation_error(exc: ValidationError, raw: dict[str, Any], root: t
     validated, RunConfig by default)."""
     err = exc.errors()[0]
     # Union members appear in the path by type name (label_words.list[str]); they are not keys.
-    loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and "[" in p)]
+    loc = without_union_tags([str(p) for p in err["loc"] if not (isinstance(p, str) and "[" in p)], raw)
     key = ".".join(loc) or "config"
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -286,6 +286,19 @@ def describe_validation_error(exc: ValidationError, raw: dict[str, Any], root: t
     if "input" in err and not isinstance(err["input"], dict):
         return f"{key}: {message} (got {err['input']!r})"
     return f"{key}: {message}"
+
+
+def without_union_tags(loc: list[str], raw: dict[str, Any]) -> list[str]:
+    """A discriminated union puts its tag in the path (task.objective.dpo.beta): drop a part that
+    is not a key of the YAML at that point while the part after it is."""
+    kept, node = [], raw
+    for i, part in enumerate(loc):
+        following = loc[i + 1] if i + 1 < len(loc) else None
+        if isinstance(node, dict) and part not in node and following in node:
+            continue
+        kept.append(part)
+        node = node.get(part) if isinstance(node, dict) else None
+    return kept
 
 
 def _section_name(raw: dict[str, Any], section: str) -> str | None:

@@ -66,6 +66,9 @@ class Summary:
     """Of the tokens in the training batches, the share that was padding."""
     dropped_examples: int = 0
     """Examples dropped for a missing label or text (``data.drop_missing``)."""
+    generation: dict[str, Any] | None = None
+    """Sampled continuations of test prompts after training, where the task scores them
+    (preference with a reward run): their mean ``reward`` and ``kl`` to the reference."""
     pruned: bool = False
     """A sweep's pruner stopped this trial at a validation (tunelab.sweep)."""
     extra: dict[str, Any] = field(default_factory=dict)

@@ -106,6 +106,8 @@ class Loop:
     bar: Any = None
     window: list[float] = field(default_factory=list)
     """Train losses since the last log line."""
+    window_sums: dict[str, float] = field(default_factory=dict)
+    """The task's per-example metric sums since the last log line, and their examples."""
 
     @property
     def main(self) -> bool:
@@ -211,7 +213,7 @@ def run_epoch(loop: Loop, state: TrainState) -> bool:
         # the epoch began, before the snapshot; put the snapshot's state back at the first
         # batch so dropout masks match.
         resumed_rng = torch.get_rng_state()
-    loop.window, stop = [], False
+    loop.window, loop.window_sums, stop = [], {}, False
     for batch in batches:
         if resumed_rng is not None:
             torch.set_rng_state(resumed_rng)
@@ -246,12 +248,12 @@ def train_step(loop: Loop, state: TrainState, batch: tasks.Batch) -> bool:
     state.train_positions += int(metrics["positions"]) * accelerator.num_processes
     state.train_seconds += time.perf_counter() - started
     loop.window.append(value)
-    # The epoch's running train loss (and task metrics): this process's batches, dropout on.
-    sums = state.epoch_sums
-    sums["loss"] = sums.get("loss", 0.0) + value * metrics["examples"]
-    for key, amount in metrics.items():
-        if key not in ("tokens", "positions"):
-            sums[key] = sums.get(key, 0.0) + float(amount)
+    # The epoch's (and the log window's) running train loss and task metrics: this process's batches.
+    state.epoch_sums["loss"] = state.epoch_sums.get("loss", 0.0) + value * metrics["examples"]
+    for sums in (state.epoch_sums, loop.window_sums):
+        for key, amount in metrics.items():
+            if key not in ("tokens", "positions"):
+                sums[key] = sums.get(key, 0.0) + float(amount)
     return accelerator.sync_gradients
 
 
@@ -264,9 +266,11 @@ def after_step(loop: Loop, state: TrainState) -> bool:
     tokens_per_s = state.train_tokens / max(state.train_seconds, 1e-9)
     loop.bar.set_postfix(epoch=state.epoch + 1, loss=f"{window_loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
     if state.step % LOG_EVERY_STEPS == 0 and loop.main:
-        runs.append_metrics(loop.run_dir, {"split": "train", "step": state.step, "loss": window_loss,
+        n = max(loop.window_sums.get("examples", 0), 1)
+        task_metrics = {k: v / n for k, v in loop.window_sums.items() if k not in COUNTS}  # e.g. DPO's rewards
+        runs.append_metrics(loop.run_dir, {"split": "train", "step": state.step, "loss": window_loss, **task_metrics,
                                            "lr": loop.scheduler.get_last_lr()[0], "tokens_per_second": tokens_per_s})
-        loop.window = []
+        loop.window, loop.window_sums = [], {}
     stop = False
     if loop.cfg.train.eval_every_steps and state.step % loop.cfg.train.eval_every_steps == 0:
         stop = validate(loop, state)
@@ -337,7 +341,7 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         wall_time_s=time.perf_counter() - started,
         tokens_per_second=state.train_tokens / max(state.train_seconds, 1e-9),
         padding_fraction=1 - state.train_tokens / state.train_positions if state.train_positions else None,
-        pruned=state.pruned,
+        pruned=state.pruned, generation=after.get("generation"),
         dropped_examples=prepared.dropped,
         train_examples=len(prepared.splits["train"]), test_examples=len(prepared.splits["test"]),
         label_names=prepared.label_names, **peak_memory(loop.accelerator), memory=state.memory,

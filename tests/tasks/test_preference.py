@@ -156,3 +156,22 @@ def test_pairs_with_the_same_response_twice_are_left_out_and_counted(tiny_causal
     p = prepare(load_config(None, config(tiny_causal_dir, folder, tmp_path)))
     assert p.dropped == 3 and len(p.splits["train"]) == 4
     assert "3 pair(s) have the same chosen and rejected response" in capsys.readouterr().err
+
+
+def test_generations_are_scored_by_a_reward_run_and_untrained_kl_is_zero(tiny_causal_dir, pairs_dir, tiny_run_config,
+                                                                        tmp_path):
+    assert cli.main(["train", *cli_args(tiny_run_config)]) == 0  # a tiny sentiment classifier: the reward
+    raw = config(tiny_causal_dir, pairs_dir, tmp_path)
+    raw["task"].update(reward_run=tiny_run_config["output"]["dir"], eval_generations=6, max_new_tokens=5)
+    raw["method"] = {"name": "none"}
+    raw["output"] = {"dir": str(tmp_path / "untrained")}
+    assert cli.main(["train", *cli_args(raw)]) == 0
+    generation = json.loads((tmp_path / "untrained" / "summary.json").read_text())["generation"]
+    assert generation["examples"] == 6 and 0 <= generation["reward"] <= 1
+    assert generation["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy is its own reference
+    samples = json.loads((tmp_path / "untrained" / "samples.json").read_text())["after"]
+    assert len(samples) == 6 and all(0 <= s["reward"] <= 1 for s in samples)
+    raw["task"]["reward_label"] = "neutral"
+    raw["output"] = {"dir": str(tmp_path / "bad-label")}
+    assert cli.main(["train", *cli_args(raw)]) == 2
+    assert not (tmp_path / "bad-label").exists(), "refused before anything is written"

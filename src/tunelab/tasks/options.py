@@ -200,6 +200,14 @@ class DPOObjective(Strict):
     """Probability that a preference label is flipped (conservative DPO); sigmoid loss only."""
 
 
+class SFTObjective(Strict):
+    """Supervised fine-tuning on the chosen responses (the NLL of their tokens): the usual
+    baseline beside DPO. ``beta`` only scales the implicit rewards reported beside it."""
+
+    name: Literal["sft"] = "sft"
+    beta: float = Field(0.1, gt=0)
+
+
 class PreferenceTask(TaskOptions):
     """Pairs of responses to one prompt, one preferred (``chosen``) over the other (``rejected``),
     trained with DPO. Prompt and response are tokenized apart and joined, so the boundary never
@@ -216,13 +224,27 @@ class PreferenceTask(TaskOptions):
     """Prompts are cut to their last this many tokens (from the left: the end leads into the response)."""
     max_length: int = Field(256, ge=8, le=131072)
     """Prompt + response tokens; a response is cut from the right to fit."""
-    objective: DPOObjective = DPOObjective()
+    objective: DPOObjective | SFTObjective = Field(DPOObjective(), discriminator="name")
     precompute_reference: bool = False
     """Compute the reference's log-probabilities of every pair once, before training (always so
     for methods that change the base weights: full, head, bitfit — no frozen copy is kept)."""
     dropout: bool = False
     """Keep the model's dropout during training; off by default: with dropout on, the policy's
     and the reference's log-ratios are noise even at step 0."""
+    reward_run: str | None = None
+    """A tunelab classification run (e.g. a sentiment classifier) that scores generations after
+    training: each test prompt's sampled continuation gets its probability of ``reward_label``."""
+    reward_label: str = "positive"
+    eval_generations: int = Field(64, ge=1)
+    """Test prompts whose sampled continuations are scored (with ``reward_run``), and whose KL
+    to the reference is estimated (the mean sequence log-ratio of the samples)."""
+    max_new_tokens: int = Field(32, ge=1, le=1024)
+    generation_seed: int = 0
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _dpo_by_default(cls, value):
+        return {"name": "dpo", **value} if isinstance(value, dict) and "name" not in value else value
 
     def validation_metrics(self) -> list[str]:
         return ["loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward"]

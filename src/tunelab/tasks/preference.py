@@ -48,6 +48,8 @@ def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
         raise UserError(f"task preference needs a causal LM (a decoder such as smollm2-135m or gpt2); "
                         f"{cfg.model.name!r} is a {model_config.model_type} encoder")
     check_context_length(cfg, model_config)
+    if task.reward_run is not None:
+        check_reward_run(task.reward_run, task.reward_label)
     tokenizer = load_tokenizer(cfg.model)
     splits, same = {}, 0
     for name, split in raw.items():
@@ -116,18 +118,27 @@ def add_reference(prepared: Prepared) -> None:
 
 
 def pair_results(model, batch: dict, objective):
-    """The objective of each pair, from the policy's and the reference's log-probabilities."""
-    policy, reference = response_logps(model, batch), reference_logps(model, batch)
+    """The objective of each pair, from the policy's and the reference's log-probabilities, and
+    the policy's (2B,) log-probabilities. SFT's loss is the NLL per token of the chosen responses;
+    its rewards are DPO's implicit ones, reported beside it."""
+    nll, tokens = causal.token_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    policy, reference = -nll, reference_logps(model, batch)
     n = policy.shape[0] // 2
-    return preference_loss(policy[:n], policy[n:], reference[:n], reference[n:], objective.beta, objective.loss,
-                           objective.label_smoothing), policy
+    variant = "sigmoid" if objective.name == "sft" else objective.loss
+    out = preference_loss(policy[:n], policy[n:], reference[:n], reference[n:], objective.beta, variant,
+                          objective.label_smoothing if objective.name == "dpo" else 0.0)
+    if objective.name == "sft":  # one mean over every chosen token, spread evenly over the pairs
+        out.loss = (nll[:n].sum() / tokens[:n].sum().clamp(min=1)).expand(n)
+    return out, policy
 
 
 def loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
-    out, _ = pair_results(model, batch, batch_objective(model))
-    mask = batch["attention_mask"]
-    return out.loss.mean(), {"examples": out.loss.shape[0], "tokens": mask.sum(), "positions": mask.numel(),
-                             "reward_accuracy": out.accuracies.sum(), "reward_margin": out.margins.sum()}
+    out, policy = pair_results(model, batch, batch_objective(model))
+    mask, n = batch["attention_mask"], out.loss.shape[0]
+    return out.loss.mean(), {"examples": n, "tokens": mask.sum(), "positions": mask.numel(),
+                             "reward_accuracy": out.accuracies.sum(), "reward_margin": out.margins.sum(),
+                             "chosen_reward": out.chosen_rewards.sum(), "rejected_reward": out.rejected_rewards.sum(),
+                             "chosen_logps": policy[:n].detach().sum(), "rejected_logps": policy[n:].detach().sum()}
 
 
 def batch_objective(model):
@@ -163,4 +174,84 @@ def before_training(model, accelerator, prepared, test_loader) -> dict:
 
 
 def after_training(model, accelerator, prepared) -> dict:
-    return {}
+    """With ``task.reward_run``: continuations of held-out prompts sampled from the trained
+    policy, their reward and their KL to the reference (one point of the reward-KL frontier)."""
+    task = prepared.cfg.task
+    if task.reward_run is None:
+        return {}
+    policy = accelerator.unwrap_model(model).eval()
+    prompts = prepared.splits["test"]["prompt_ids"][:task.eval_generations]
+    completions = sample(policy, prepared.tokenizer, prompts, task.max_new_tokens, task.generation_seed)
+    kl = log_ratios(policy, prepared, prompts, completions)
+    texts = [prepared.tokenizer.decode(p + c, skip_special_tokens=True) for p, c in zip(prompts, completions)]
+    rewards = reward_of(task.reward_run, task.reward_label, texts)
+    return {"samples": [{"text": t, "reward": r, "log_ratio": k} for t, r, k in list(zip(texts, rewards, kl))[:10]],
+            "generation": {"reward": sum(rewards) / len(rewards), "kl": sum(kl) / len(kl), "examples": len(texts)}}
+
+
+@torch.inference_mode()
+def sample(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, seed: int) -> list[list[int]]:
+    """One sampled continuation per prompt (temperature 1, no truncation of the distribution)."""
+    from transformers import set_seed
+
+    set_seed(seed)
+    out = []
+    for start in range(0, len(prompts), 16):
+        chunk = prompts[start:start + 16]
+        ids = causal.pad(chunk, tokenizer.pad_token_id, left=True).to(model.device)
+        mask = causal.pad([[1] * len(p) for p in chunk], 0, left=True).to(model.device)
+        new = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=True,
+                             temperature=1.0, top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id)[:, ids.shape[1]:].tolist()
+        eos = tokenizer.eos_token_id
+        out += [row[:row.index(eos) + 1] if eos in row else row for row in new]
+    return out
+
+
+@torch.inference_mode()
+def log_ratios(policy, prepared: Prepared, prompts: list[list[int]], completions: list[list[int]]) -> list[float]:
+    """log pi(y|x) - log ref(y|x) of each sample: their mean estimates KL(pi || ref). The
+    reference is the policy with its modules off, or the base model loaded again."""
+    pairs = [causal.prompt_answer(p, c) for p, c in zip(prompts, completions)]
+    batch = causal.lm_batch([x for x, _ in pairs], [y for _, y in pairs], prepared.tokenizer.pad_token_id)
+    batch = {k: v.to(policy.device) for k, v in batch.items()}
+    mine = response_logps(policy, batch)
+    if adapters(policy):
+        with disable_adapters(policy):
+            base = response_logps(policy, batch)
+    else:
+        from tunelab.models.loading import load_causal_lm
+
+        base = response_logps(load_causal_lm(prepared.cfg.model).to(policy.device).eval(), batch)
+    return (mine - base).tolist()
+
+
+def check_reward_run(run_dir: str, label: str) -> None:
+    """Before anything trains: the reward run is a finished classification run with ``label``."""
+    import json
+    from pathlib import Path
+
+    summary = Path(run_dir) / "summary.json"
+    names = json.loads(summary.read_text(encoding="utf-8")).get("label_names") if summary.is_file() else None
+    if not names or label not in names:
+        raise UserError(f"task.reward_run {run_dir} must be a finished classification run with the label {label!r} "
+                        f"(labels there: {', '.join(names or []) or 'none, or no summary.json'})")
+
+
+def reward_of(run_dir: str, label: str, texts: list[str]) -> list[float]:
+    """Each text's probability of ``label`` under a tunelab classification run."""
+    from pathlib import Path
+
+    from tunelab.evaluate import rebuild_run
+
+    cfg, reward = rebuild_run(Path(run_dir))
+    if reward.encode_texts is None or label not in reward.label_names:
+        raise UserError(f"task.reward_run {run_dir} must be a classification run with the label {label!r} "
+                        f"(its labels: {', '.join(reward.label_names) or 'none'})")
+    model, index, scores = reward.model.eval(), reward.label_names.index(label), []
+    with torch.inference_mode():
+        for start in range(0, len(texts), 64):
+            batch = reward.collate(reward.encode_texts(texts[start:start + 64]))
+            inputs = {k: v for k, v in batch.items() if k not in ("labels", "lengths")}
+            scores += model(**inputs).softmax(-1)[:, index].tolist()
+    return scores
