@@ -138,7 +138,7 @@ def run_config(cfg: CompareConfig, name: str, seed_offset: int, run_dir: Path) -
         if not isinstance(value, dict):
             raise UserError(f"methods.{name}.{section} must be a mapping of keys, e.g. {{train: {{lr: 1.0e-3}}}}")
     shared = cfg.model_dump(mode="json", include={"model", "data", "task", "train", "eval"})
-    raw = deep_merge(shared, entry)
+    raw = deep_merge(shared, entry, replace_other_kinds=True)  # an entry's own objective is not the shared one
     method = dict(raw.get("method", {}))
     method.setdefault("name", name)
     if method["name"] not in registered_methods():

@@ -210,11 +210,17 @@ def _parse_value(text: str) -> Any:
     return value
 
 
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any], replace_other_kinds: bool = False) -> dict[str, Any]:
+    """``update`` over ``base``, mapping by mapping. With ``replace_other_kinds`` a mapping that
+    names another kind (its ``name`` differs: an SFT objective over the shared DPO one in a
+    comparison) replaces the other whole, rather than keeping the other kind's keys."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
+        other = out.get(key)
+        same_kind = not replace_other_kinds or not isinstance(value, dict) or not isinstance(other, dict) or \
+            value.get("name", other.get("name")) == other.get("name")
+        if isinstance(value, dict) and isinstance(other, dict) and same_kind:
+            out[key] = deep_merge(other, value, replace_other_kinds)
         else:
             out[key] = value
     return out

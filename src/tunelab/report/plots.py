@@ -27,6 +27,8 @@ def make_plots(results: Results) -> list[Image]:
         ("pareto.png", pareto_caption(rows, metric), pareto(rows, results.pareto, colors)),
         ("time_memory.png", "Train time and peak memory", time_memory(rows, colors)),
         ("memory_breakdown.png", "Memory breakdown per method", memory_breakdown(rows)),
+        ("reward_kl.png", "Reward of sampled continuations against their KL to the reference (one point per run)",
+         reward_kl(rows, colors)),
     ]
     return [Image(file, title, png) for file, title, png in made if png is not None]
 
@@ -177,6 +179,23 @@ def memory_breakdown(rows: list[Row]) -> bytes | None:
     ax.set_title("Memory breakdown: forward and backward peak per method")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, axis="x")
+    return png(fig)
+
+
+def reward_kl(rows: list[Row], colors: Colors) -> bytes | None:
+    """The reward-KL frontier (DPO, figure 2): high reward at low KL is better."""
+    points = [(row.name, row.mean("generation_kl"), row.mean("generation_reward")) for row in rows]
+    points = [p for p in points if p[1] is not None and p[2] is not None]
+    if not points:
+        return None
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.5))
+    for name, kl, reward in points:
+        ax.plot(kl, reward, "o", markersize=8, color=colors[name])
+        ax.annotate(name, (kl, reward), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("KL to the reference (mean sequence log-ratio of samples)")
+    ax.set_ylabel("mean reward of samples")
+    ax.set_title("Reward against KL")
+    ax.grid(alpha=0.3)
     return png(fig)
 
 

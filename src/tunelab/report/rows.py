@@ -21,7 +21,7 @@ METRIC_ORDER = ["accuracy", "score_accuracy", "invalid_rate", "perplexity", "rou
 COUNTS = {"examples"}
 """Entries of a split's metrics that count what was evaluated rather than score it: no column.
 (An lm run's ``tokens`` has always been a column; results.csv keeps it, so it stays one.)"""
-PROPORTIONS = {"accuracy", "score_accuracy", "generate_accuracy", "invalid_rate"}
+PROPORTIONS = {"accuracy", "score_accuracy", "generate_accuracy", "invalid_rate", "reward_accuracy"}
 """Test metrics that are a share of the test examples: they get a 95 % Wilson interval."""
 
 
@@ -123,6 +123,7 @@ def run_values(run: Run) -> dict[str, Any]:
     values.update({f"test_{k}_before": v for k, v in scores(s.before).items()})
     values[f"validation_{metric}"] = s.metric("validation", metric)
     values["eval_loss"] = s.metric("validation", "loss")
+    values.update({f"generation_{k}": (s.generation or {}).get(k) for k in ("reward", "kl")})
     values.update({c.key: getattr(s, c.key) for c in SUMMARY_COLUMNS})
     memory = s.memory or {}
     values.update({c.key: memory.get(c.key.removeprefix("memory_")) for c in MEMORY_COLUMNS})
@@ -155,7 +156,8 @@ def main_columns(rows: list[Row], metric: str) -> list[Column]:
     ordered += [m for m in METRIC_ORDER if m in tests and m not in ordered]
     ordered += sorted(tests - set(ordered))
     columns = [Column(f"test_{m}", f"test {m}", "metric", interval=m in PROPORTIONS) for m in ordered]
-    columns += [Column(f"validation_{metric}", f"val. {metric}", "metric"), Column("eval_loss", "eval loss", "metric")]
+    columns += [Column(f"validation_{metric}", f"val. {metric}", "metric"), Column("eval_loss", "eval loss", "metric"),
+                Column("generation_reward", "gen. reward", "metric"), Column("generation_kl", "gen. KL", "metric")]
     return present(columns + SUMMARY_COLUMNS, rows)
 
 

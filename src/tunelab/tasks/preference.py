@@ -240,6 +240,11 @@ def check_reward_run(run_dir: str, label: str) -> None:
 
 def reward_of(run_dir: str, label: str, texts: list[str]) -> list[float]:
     """Each text's probability of ``label`` under a tunelab classification run."""
+    return reward_scorer(run_dir, label)(texts)
+
+
+def reward_scorer(run_dir: str, label: str):
+    """``score(texts) -> [probability of label]`` from a tunelab classification run, loaded once."""
     from pathlib import Path
 
     from tunelab.evaluate import rebuild_run
@@ -248,10 +253,15 @@ def reward_of(run_dir: str, label: str, texts: list[str]) -> list[float]:
     if reward.encode_texts is None or label not in reward.label_names:
         raise UserError(f"task.reward_run {run_dir} must be a classification run with the label {label!r} "
                         f"(its labels: {', '.join(reward.label_names) or 'none'})")
-    model, index, scores = reward.model.eval(), reward.label_names.index(label), []
-    with torch.inference_mode():
+    model, index = reward.model.eval(), reward.label_names.index(label)
+
+    @torch.inference_mode()
+    def score(texts: list[str]) -> list[float]:
+        scores = []
         for start in range(0, len(texts), 64):
             batch = reward.collate(reward.encode_texts(texts[start:start + 64]))
             inputs = {k: v for k, v in batch.items() if k not in ("labels", "lengths")}
             scores += model(**inputs).softmax(-1)[:, index].tolist()
-    return scores
+        return scores
+
+    return score
