@@ -69,6 +69,10 @@ class Summary:
     generation: dict[str, Any] | None = None
     """Sampled continuations of test prompts after training, where the task scores them
     (preference with a reward run): their mean ``reward`` and ``kl`` to the reference."""
+    reference: dict[str, Any] | None = None
+    """Preference: where the reference's log-probabilities came from (``kind``: the model with
+    its modules switched off, or computed once before training) and the memory they took beside
+    the policy (``extra_bytes``): no second copy of the model in either case."""
     pruned: bool = False
     """A sweep's pruner stopped this trial at a validation (tunelab.sweep)."""
     extra: dict[str, Any] = field(default_factory=dict)

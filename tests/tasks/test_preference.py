@@ -113,6 +113,15 @@ def test_a_dpo_run_end_to_end(tiny_causal_dir, pairs_dir, tmp_path):
     assert {"loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward"} <= summary["test"].keys()
     lines = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == summary["test"]["examples"] == 8
+    assert summary["reference"] == {"kind": "modules switched off", "extra_bytes": 0}
+
+
+def test_full_fine_tuning_precomputes_its_reference_instead_of_copying_the_model(tiny_causal_dir, pairs_dir, tmp_path):
+    raw = dict(config(tiny_causal_dir, pairs_dir, tmp_path), method={"name": "full"})
+    assert cli.main(["train", *cli_args(raw)]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    # two float64 log-probabilities for each of the 24 + 8 + 8 pairs, nothing the model's size
+    assert summary["reference"] == {"kind": "precomputed before training", "extra_bytes": 40 * 2 * 8}
 
 
 @pytest.mark.parametrize("change, phrase", [

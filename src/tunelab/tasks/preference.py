@@ -178,7 +178,7 @@ def after_training(model, accelerator, prepared) -> dict:
     policy, their reward and their KL to the reference (one point of the reward-KL frontier)."""
     task = prepared.cfg.task
     if task.reward_run is None:
-        return {}
+        return {"reference": reference_kind(prepared)}
     policy = accelerator.unwrap_model(model).eval()
     prompts = prepared.splits["test"]["prompt_ids"][:task.eval_generations]
     completions = sample(policy, prepared.tokenizer, prompts, task.max_new_tokens, task.generation_seed)
@@ -186,7 +186,17 @@ def after_training(model, accelerator, prepared) -> dict:
     texts = [prepared.tokenizer.decode(p + c, skip_special_tokens=True) for p, c in zip(prompts, completions)]
     rewards = reward_of(task.reward_run, task.reward_label, texts)
     return {"samples": [{"text": t, "reward": r, "log_ratio": k} for t, r, k in list(zip(texts, rewards, kl))[:10]],
-            "generation": {"reward": sum(rewards) / len(rewards), "kl": sum(kl) / len(kl), "examples": len(texts)}}
+            "generation": {"reward": sum(rewards) / len(rewards), "kl": sum(kl) / len(kl), "examples": len(texts)},
+            "reference": reference_kind(prepared)}
+
+
+def reference_kind(prepared: Prepared) -> dict:
+    """How the run got its reference, and the memory that took beside the policy. A frozen copy
+    of the model is never made: a precomputed table costs two numbers a pair."""
+    if REFERENCE not in prepared.splits["train"].column_names:
+        return {"kind": "modules switched off", "extra_bytes": 0}
+    pairs = sum(len(split) for split in prepared.splits.values())
+    return {"kind": "precomputed before training", "extra_bytes": pairs * 2 * 8}
 
 
 @torch.inference_mode()
