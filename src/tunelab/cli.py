@@ -264,11 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspection_commands(sub)
     add_generate_command(sub)
     add_catalog_commands(sub)
+    from tunelab.export.command import add_export_command
     from tunelab.pairs import add_pairs_command
     from tunelab.sweep.command import add_sweep_command
 
     add_sweep_command(sub)
     add_pairs_command(sub)
+    add_export_command(sub)
     return parser
 
 
