@@ -96,7 +96,7 @@ def test_named_variants_and_registered_methods_without_an_entry(tmp_path, tiny_b
     ({"foo": {}}, [], "methods.foo: unknown method 'foo'; known: none, full, head"),
     ({"lora": {}}, ["--seeds", "0"], "--seeds must be between 1 and 100"),
     ({"lora": {}}, ["--train.nope", "1"], "unknown config key 'train.nope'"),
-    ({"lora": {}}, ["--method.r", "4"], "unknown config key 'method'; allowed keys here: data, eval, methods"),
+    ({"lora": {}}, ["--method.r", "4"], "unknown config key 'method'; allowed keys here: data, eval, launcher, methods"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_bert_dir, sentiment_csv, capsys, methods, args, message):
     path = tiny_compare_yaml(tmp_path, tiny_bert_dir, sentiment_csv, methods)
@@ -124,10 +124,10 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, tiny_bert_dir,
     out = tmp_path / "out"
     real = compare.train_command
 
-    def command(run, state, config_file):  # the `broken` run's process dies with an error of its own
+    def command(run, state, config_file, launcher=None):  # the `broken` run's process dies with an error of its own
         if run.name == "broken":
             return [sys.executable, "-c", "import sys; print('error: something broke'); sys.exit(1)"]
-        return real(run, state, config_file)
+        return real(run, state, config_file, launcher)
 
     monkeypatch.setattr(compare, "train_command", command)
     assert cli.main(["compare", "--config", str(path), "--output", str(out), "--no-progress"]) == 1
@@ -137,7 +137,7 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, tiny_bert_dir,
     assert "| head |" in md and "`broken`: failed: error: something broke" in md
     # run again: the finished run is skipped (no new process), the failed one is tried again
     mtime = (out / "head" / "summary.json").stat().st_mtime_ns
-    monkeypatch.setattr(compare, "train_command", lambda run, state, config_file: command(run, state, config_file)
+    monkeypatch.setattr(compare, "train_command", lambda run, state, config_file, launcher=None: command(run, state, config_file)
                         if run.name == "broken" else pytest.fail("a finished run was started again"))
     assert cli.main(["compare", "--config", str(path), "--output", str(out), "--no-progress"]) == 1
     assert (out / "head" / "summary.json").stat().st_mtime_ns == mtime

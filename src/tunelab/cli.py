@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -34,79 +33,16 @@ def _quiet_libraries() -> None:
     huggingface_hub.utils.logging.set_verbosity_error()  # no per-retry warnings when offline
 
 
-def format_metrics(metrics: dict, split: str) -> str:
-    """``test accuracy 0.8360  loss 0.3921 ...``: every number of a split on one line."""
-    shown = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
-             if k != "split" and isinstance(v, (int, float))]
-    return f"{split} " + "  ".join(shown)
-
-
-def train_target(args: argparse.Namespace, extra: list[str]):
-    """The run's config, its directory, and whether it resumes; every refusal before any write."""
-    from tunelab import runs
-    from tunelab.config import load_config, parse_overrides
-
-    overrides = parse_overrides(extra)
-    if args.resume:
-        run_dir = Path(args.resume)
-        if overrides or args.config:
-            raise UserError("--resume continues a run exactly as configured; drop --config and the overrides")
-        if not (run_dir / "config.yaml").is_file():
-            raise UserError(f"cannot resume {run_dir}: it has no config.yaml")
-        if (run_dir / "summary.json").is_file():
-            raise UserError(f"{run_dir} already finished (summary.json exists); nothing to resume")
-        return load_config(run_dir / "config.yaml"), run_dir, (run_dir / runs.STATE).is_dir()
-    cfg = load_config(args.config, overrides)
-    run_dir = cfg.run_dir()
-    if cfg.output.dir is None:  # a default name never clobbers: runs/x, runs/x-2, runs/x-3 ...
-        stem, n = run_dir, 1
-        while run_dir.exists() and any(run_dir.iterdir()):
-            n += 1
-            run_dir = stem.with_name(f"{stem.name}-{n}")
-        cfg.output.dir = str(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.output.overwrite:
-        finished = (run_dir / "summary.json").is_file()
-        hint = "pick another --output.dir or add --output.overwrite true" if finished else \
-            f"continue it with tunelab train --resume {run_dir}, or add --output.overwrite true"
-        raise UserError(f"{run_dir} already holds a {'finished' if finished else 'started'} run; {hint}")
-    return cfg, run_dir, False
-
-
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from filelock import FileLock, Timeout
+    from tunelab.train_command import train_from_cli
 
-    from tunelab import runs
-    from tunelab.build import prepare
-    from tunelab.config import to_yaml
-    from tunelab.train import train
-
-    cfg, run_dir, resume = train_target(args, extra)
-    # Every check on the input happens before anything is written. A resumed run reads back
-    # the files it saved (the LSTM's vocabulary).
-    prepared = prepare(cfg, run_dir if args.resume else None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with FileLock(str(run_dir / ".lock"), timeout=0):
-            if not args.resume:
-                for name in ("metrics.jsonl", "summary.json", runs.CHECKPOINT, runs.STATE):
-                    path = run_dir / name
-                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-                runs.atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-                for name, text in prepared.files.items():
-                    runs.atomic_write_text(run_dir / name, text)
-            counts = prepared.counts
-            print(f"{cfg.method.name} on {cfg.model.name}: {counts.trainable:,} trainable of {counts.total:,} "
-                  f"parameters ({counts.trainable_percent:.3f}%), run directory {run_dir}", file=sys.stderr)
-            summary = train(cfg, prepared, run_dir, resume=resume)
-    except Timeout:
-        raise UserError(f"another tunelab process is writing {run_dir}; wait for it or pick another --output.dir") from None
-    print(f"{format_metrics(summary.test, 'test')}  train time {summary.train_time_s:.0f}s  -> {run_dir / 'summary.json'}")
-    return 0
+    return train_from_cli(args, extra)
 
 
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from tunelab.config import parse_overrides
     from tunelab.evaluate import evaluate_run
+    from tunelab.train_command import format_metrics
 
     overrides = parse_overrides(extra)
     other = sorted(set(overrides) - {"data"})
@@ -174,6 +110,8 @@ def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     from tunelab.config import parse_overrides
 
     cfg = compare.load_compare_config(args.config, parse_overrides(extra), quick=args.quick)
+    if args.launcher:
+        cfg.launcher = args.launcher
     plan = compare.plan(cfg, methods=args.methods, seeds=args.seeds, output=args.output, quick=args.quick)
     outcome, written = compare.run_comparison(plan, progress=not args.no_progress)
     print(written["table"])
@@ -331,6 +269,8 @@ def add_comparison_commands(sub) -> None:
     p.add_argument("--seeds", type=int, help="run every method with N seeds (mean ± std in the report)")
     p.add_argument("--output", help="comparison directory (default: runs/compare-<model>-<data>)")
     p.add_argument("--quick", action="store_true", help="a few steps per method: a smoke test in minutes")
+    p.add_argument("--launcher", help="start each run with this launcher, e.g. \"torchrun --nproc_per_node 2\" "
+                                      "(see the README, 'Several processes')")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
 

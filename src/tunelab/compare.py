@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pydantic import ValidationError
 from tunelab.config import (CompareConfig, RunConfig, deep_merge, describe_validation_error, load_config, read_yaml_mapping,
                             to_yaml, validate_config)
 from tunelab.errors import UserError
+from tunelab.launch import die_with_parent, tunelab_command
 from tunelab.methods import METHODS
 from tunelab.tasks import TASKS
 
@@ -229,19 +229,8 @@ def run_state(run: PlannedRun) -> str:
     return "restart"
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # Linux: a comparison killed with SIGKILL must not leave its current training running (it
-    # would hold the run's lock and keep writing while the re-run resumes it).
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def train_command(run: PlannedRun, state: str, config_file: Path) -> list[str]:
-    base = [sys.executable, "-m", "tunelab.cli", "train"]
+def train_command(run: PlannedRun, state: str, config_file: Path, launcher: str | None = None) -> list[str]:
+    base = [*tunelab_command(launcher), "train"]
     if state == "resume":
         return base + ["--resume", str(run.run_dir)]
     command = base + ["--config", str(config_file), "--output.dir", str(run.run_dir)]
@@ -256,7 +245,7 @@ def run_child(command: list[str], log_file: Path, on_progress=None, env: dict[st
         log.write(f"$ {' '.join(command)}\n".encode())
         log.flush()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_die_with_parent if linux else None)
+                                preexec_fn=die_with_parent if linux else None)
         try:
             assert proc.stdout is not None
             while chunk := proc.stdout.read1(65536):
@@ -321,7 +310,7 @@ def run_one(plan: Plan, run: PlannedRun, state: str, bars: Bars) -> str:
     bars.start(key, state)
     started = time.perf_counter()
     log_file = plan.directory / "logs" / f"{key}.log"
-    code = run_child(train_command(run, state, config_file), log_file, bars.step)
+    code = run_child(train_command(run, state, config_file, plan.config.launcher), log_file, bars.step)
     if code == 130:
         raise KeyboardInterrupt
     if code == 0 and (run.run_dir / "summary.json").is_file():

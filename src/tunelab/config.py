@@ -98,8 +98,10 @@ class TrainConfig(Strict):
     max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimizer steps (overrides `epochs` when reached first)."""
     batch_size: int = Field(32, ge=1)
+    """Examples per micro-batch on each process; several processes (``torchrun``, ``accelerate
+    launch``) train on batch_size x processes examples together."""
     grad_accum: int = Field(1, ge=1)
-    """Micro-batches per optimizer step; the effective batch is batch_size * grad_accum."""
+    """Micro-batches per optimizer step; the effective batch is batch_size * grad_accum * processes."""
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
@@ -356,6 +358,9 @@ class CompareConfig(Strict):
     entry (`ia3: {}`) runs the method with its defaults. None: every registered method."""
     seeds: int = Field(1, ge=1, le=100)
     """Run every method with seeds train.seed, train.seed + 1, ...; the report gives mean ± std."""
+    launcher: str | None = None
+    """Start each run's training with this launcher, e.g. ``torchrun --nproc_per_node 2`` or
+    ``accelerate launch --num_processes 2``; None: one process."""
     output: CompareOutput = CompareOutput()
 
     _task = field_validator("task", mode="before")(lambda cls, value: TASKS.parse(value))

@@ -93,7 +93,7 @@ def evaluate_run(run_dir: Path, split: str | None = "test", data: dict[str, Any]
     means ``all`` when they name other data, else ``test``."""
     from torch.utils.data import DataLoader
 
-    from tunelab.train import make_accelerator
+    from tunelab.launch import make_accelerator
 
     if split is None:
         split = "all" if data and "name" in data else "test"

@@ -61,14 +61,18 @@ def checkpoint_bytes(run_dir: Path) -> int:
     return (run_dir / CHECKPOINT / "model.safetensors").stat().st_size
 
 
-def save_state(run_dir: Path, tensors: dict[str, torch.Tensor], optimizer, scheduler, progress: dict[str, Any]) -> None:
-    """A complete snapshot to resume from. Written to state.tmp/, then swapped in whole."""
+def save_state(run_dir: Path, tensors: dict[str, torch.Tensor], optimizer, scheduler, progress: dict[str, Any],
+               process_rngs: list[torch.Tensor] | None = None) -> None:
+    """A complete snapshot to resume from. Written to state.tmp/, then swapped in whole.
+    ``process_rngs``: every process's torch generator state (by process index), so that each
+    process of a multi-process run draws its own dropout masks again after a resume."""
     tmp = run_dir / (STATE + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_tensors(tmp / "model.safetensors", tensors)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
     rng = {"torch": torch.get_rng_state()}
+    rng.update({f"process{i}": state for i, state in enumerate(process_rngs or [])})
     if torch.cuda.is_available():
         rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     save_file(rng, str(tmp / "rng.safetensors"))
@@ -83,14 +87,14 @@ def save_state(run_dir: Path, tensors: dict[str, torch.Tensor], optimizer, sched
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_state(run_dir: Path, optimizer, scheduler) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_state(run_dir: Path, optimizer, scheduler, process: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     folder = run_dir / STATE
     tensors = load_tensors(folder / "model.safetensors")
     optim = torch.load(folder / "optim.pt", weights_only=True)
     optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
     rng = load_file(str(folder / "rng.safetensors"))
-    torch.set_rng_state(rng["torch"])
+    torch.set_rng_state(rng.get(f"process{process}", rng["torch"]))
     if torch.cuda.is_available():
         torch.cuda.set_rng_state_all([rng[k] for k in sorted(rng) if k.startswith("cuda")])
     progress = json.loads((folder / "progress.json").read_text())

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -33,6 +34,7 @@ from tunelab import profile, runs, tasks
 from tunelab.batching import LengthGroupedBatches, SortedBatches, example_lengths
 from tunelab.config import RunConfig
 from tunelab.errors import UserError
+from tunelab.launch import make_accelerator
 from tunelab.methods.common import inference_state, load_trainable_state, trainable_state
 from tunelab.summary import Summary
 from tunelab.tasks import Prepared
@@ -114,12 +116,6 @@ class Loop:
         return self.accelerator.is_main_process
 
 
-def make_accelerator(cfg: RunConfig) -> Accelerator:
-    # The seedable sampler reshuffles from (seed + epoch), so a resumed run sees the same order.
-    loader_cfg = DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed)
-    return Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, cpu=cfg.train.cpu, dataloader_config=loader_cfg)
-
-
 def peak_memory(accelerator: Accelerator) -> dict[str, Any]:
     if accelerator.device.type == "cuda":
         return {"peak_memory_bytes": torch.cuda.max_memory_allocated(accelerator.device), "peak_memory_kind": "cuda_max_allocated"}
@@ -127,24 +123,26 @@ def peak_memory(accelerator: Accelerator) -> dict[str, Any]:
     return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_memory_kind": "cpu_peak_rss"}
 
 
-def make_loaders(cfg: RunConfig, prepared: Prepared) -> tuple[DataLoader, DataLoader, DataLoader]:
+def make_loaders(cfg: RunConfig, prepared: Prepared, processes: int = 1) -> tuple[DataLoader, DataLoader, DataLoader]:
     """Train batches grouped by length (or plainly shuffled); evaluation sorted by length,
-    which changes no metric, only how much padding is computed."""
+    which changes no metric, only how much padding is computed. The batches are global: each
+    of the ``processes`` gets its slice of them."""
     collate, splits = prepared.collate, prepared.splits
+    train_batch, eval_batch = cfg.train.batch_size * processes, cfg.eval.batch_size * processes
     known = prepared.lengths or {}
 
     def lengths(name: str) -> list[int]:
         return known[name] if name in known else example_lengths(splits[name], collate)
 
     def sorted_loader(name: str) -> DataLoader:
-        return DataLoader(splits[name], batch_sampler=SortedBatches(lengths(name), cfg.eval.batch_size), collate_fn=collate)
+        return DataLoader(splits[name], batch_sampler=SortedBatches(lengths(name), eval_batch), collate_fn=collate)
 
     if cfg.train.group_by_length:
-        batches = LengthGroupedBatches(lambda: lengths("train"), cfg.train.batch_size, cfg.train.seed,
+        batches = LengthGroupedBatches(lambda: lengths("train"), train_batch, cfg.train.seed,
                                        size=len(splits["train"]))
         train = DataLoader(splits["train"], batch_sampler=batches, collate_fn=collate)
     else:
-        train = DataLoader(splits["train"], batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate)
+        train = DataLoader(splits["train"], batch_size=train_batch, shuffle=True, collate_fn=collate)
     return train, sorted_loader("validation"), sorted_loader("test")
 
 
@@ -154,7 +152,7 @@ def setup(cfg: RunConfig, prepared: Prepared, run_dir: Path, accelerator: Accele
     params = [p for p in prepared.model.parameters() if p.requires_grad]
     # Method `none` trains nothing: the loop is skipped and the base model is evaluated as is.
     optimizer = torch.optim.AdamW(params or [torch.nn.Parameter(torch.zeros(1))], lr=tc.lr, weight_decay=tc.weight_decay)
-    loaders = make_loaders(cfg, prepared)
+    loaders = make_loaders(cfg, prepared, accelerator.num_processes)
     test_order = list(loaders[2].batch_sampler.order)
     model, optimizer, *loaders = accelerator.prepare(prepared.model, optimizer, *loaders)
     steps_per_epoch = math.ceil(len(loaders[0]) / tc.grad_accum)
@@ -175,7 +173,7 @@ def start_state(loop: Loop, resume: bool) -> TrainState:
     if not resume:
         return TrainState(before=loop.prepared.task.before_training(loop.model, loop.accelerator, loop.prepared,
                                                                     loop.test_loader))
-    tensors, saved = runs.load_state(loop.run_dir, loop.optimizer, loop.scheduler)
+    tensors, saved = runs.load_state(loop.run_dir, loop.optimizer, loop.scheduler, loop.accelerator.process_index)
     load_trainable_state(loop.accelerator.unwrap_model(loop.model), tensors)
     return TrainState(**saved)
 
@@ -206,6 +204,11 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
 def run_epoch(loop: Loop, state: TrainState) -> bool:
     """Train through the rest of the epoch; True when training should stop."""
     loop.train_loader.set_epoch(state.epoch)
+    # Under several processes Accelerate's shard wraps our batch sampler and does not pass the
+    # epoch on; without it every epoch would repeat the first one's order.
+    inner = getattr(loop.train_loader.batch_sampler, "batch_sampler", None)
+    if hasattr(inner, "set_epoch"):
+        inner.set_epoch(state.epoch)
     batches, resumed_rng = loop.train_loader, None
     if state.batches_done:
         batches = loop.accelerator.skip_first_batches(loop.train_loader, state.batches_done)
@@ -312,13 +315,23 @@ def validate(loop: Loop, state: TrainState) -> bool:
     else:
         state.bad_evals += 1
     state.last_eval_step = state.step
+    process_rngs = gather_object([torch.get_rng_state()]) if loop.accelerator.num_processes > 1 else None
     if loop.main:
-        runs.save_state(loop.run_dir, trainable_state(unwrapped), loop.optimizer, loop.scheduler, asdict(state))
+        runs.save_state(loop.run_dir, trainable_state(unwrapped), loop.optimizer, loop.scheduler, asdict(state),
+                        process_rngs)
     loop.accelerator.wait_for_everyone()
-    if loop.reporter is not None and loop.reporter(state.step, metrics):
+    if loop.reporter is not None and agreed(loop, lambda: loop.reporter(state.step, metrics)):
         state.pruned = True
         loop.bar.write(f"step {state.step}: the sweep's pruner stops this trial", file=sys.stderr)
     return state.pruned or (loop.cfg.train.patience is not None and state.bad_evals >= loop.cfg.train.patience)
+
+
+def agreed(loop: Loop, decide) -> bool:
+    """The main process's ``decide()``, the same on every process (a sweep's pruner is asked once)."""
+    decision = [bool(decide()) if loop.main else False]
+    if loop.accelerator.num_processes > 1:
+        broadcast_object_list(decision)
+    return decision[0]
 
 
 def finish(loop: Loop, state: TrainState, started: float) -> Summary:
@@ -341,7 +354,7 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         wall_time_s=time.perf_counter() - started,
         tokens_per_second=state.train_tokens / max(state.train_seconds, 1e-9),
         padding_fraction=1 - state.train_tokens / state.train_positions if state.train_positions else None,
-        pruned=state.pruned, generation=after.get("generation"),
+        pruned=state.pruned, generation=after.get("generation"), reference=after.get("reference"),
         dropped_examples=prepared.dropped,
         train_examples=len(prepared.splits["train"]), test_examples=len(prepared.splits["test"]),
         label_names=prepared.label_names, **peak_memory(loop.accelerator), memory=state.memory,

@@ -35,12 +35,12 @@ def default_directory(space: Space) -> Path:
 
 def config_text(space: Space) -> str:
     """The sweep as it runs (base sections and settings), one canonical YAML text."""
-    settings = space.settings.model_dump(mode="json", exclude={"output"})
+    settings = space.settings.model_dump(mode="json", exclude={"output", "launcher"})
     return yaml.safe_dump({**space.base, **settings}, sort_keys=True)
 
 
 def run_sweep(config: str, trials: int | None = None, storage: str | None = None, workers: int = 1,
-              output: str | None = None, progress: bool = True) -> dict[str, Any]:
+              output: str | None = None, progress: bool = True, launcher: str | None = None) -> dict[str, Any]:
     """Run (or continue) a sweep; returns what the report wrote."""
     from tunelab import runs
     from tunelab.sweep import study as studies
@@ -60,6 +60,8 @@ def run_sweep(config: str, trials: int | None = None, storage: str | None = None
     if recovered:
         print(f"trials {', '.join(map(str, recovered))} were interrupted; they run again", file=sys.stderr)
     command = [sys.executable, "-m", "tunelab.sweep.worker", str(directory)] + (["--storage", storage] if storage else [])
+    launcher = launcher or space.settings.launcher
+    command += ["--launcher", launcher] if launcher else []
     procs = [subprocess.Popen(command) for _ in range(workers)]
     try:
         watch(study, space, procs, progress)

@@ -78,6 +78,10 @@ class SweepSettings(Strict):
     """The median pruner prunes nothing until this many trials have finished."""
     seed: int = 0
     """Seed of the sampler (tpe / random)."""
+    launcher: str | None = None
+    """Start each trial's training with this launcher, e.g. ``torchrun --nproc_per_node 2`` or
+    ``accelerate launch --num_processes 2``. How trials run, not what they are: a sweep may
+    continue with another launcher."""
     output: SweepOutput = SweepOutput()
 
     @field_validator("search")

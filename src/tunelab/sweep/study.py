@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from filelock import FileLock, Timeout
 from optuna.trial import TrialState
 
 from tunelab.errors import UserError
+from tunelab.launch import tunelab_command
 from tunelab.sweep.space import Space, cast
 
 STUDY_NAME = "tunelab-sweep"
@@ -161,7 +161,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, space: Space, directory:
     (directory / "configs").mkdir(exist_ok=True)
     config_file = directory / "configs" / f"{run_dir.name}.yaml"
     runs.atomic_write_text(config_file, to_yaml(cfg))
-    command = [sys.executable, "-m", "tunelab.cli", "train", "--config", str(config_file), "--output.overwrite", "true"]
+    command = [*tunelab_command(space.settings.launcher), "train", "--config", str(config_file), "--output.overwrite", "true"]
     code = compare.run_child(command, directory / "logs" / f"{run_dir.name}.log",
                              env=trial_environment(study, trial, space, storage_url, directory))
     if code == 130:

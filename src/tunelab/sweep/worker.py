@@ -23,10 +23,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tunelab.sweep.worker")
     parser.add_argument("directory")
     parser.add_argument("--storage")
+    parser.add_argument("--launcher")
     args = parser.parse_args(argv)
     directory = Path(args.directory)
     raw = yaml.safe_load((directory / SWEEP_FILE).read_text(encoding="utf-8"))
     settings = SweepSettings.model_validate({k: raw.pop(k) for k in list(raw) if k in SweepSettings.model_fields})
+    settings.launcher = args.launcher
     try:
         work(build_space(raw, settings), directory, args.storage)
     except UserError as exc:

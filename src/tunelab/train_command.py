@@ -1,0 +1,112 @@
+"""``tunelab train``: the run's directory, its checks, its lock, and the training, on one process
+or on each of the processes a launcher started (only the main one writes)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import sys
+from pathlib import Path
+
+from tunelab.errors import UserError
+
+
+def format_metrics(metrics: dict, split: str) -> str:
+    """``test accuracy 0.8360  loss 0.3921 ...``: every number of a split on one line."""
+    shown = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+             if k != "split" and isinstance(v, (int, float))]
+    return f"{split} " + "  ".join(shown)
+
+
+def train_target(args: argparse.Namespace, extra: list[str]):
+    """The run's config, its directory, and whether it resumes; every refusal before any write."""
+    from tunelab import runs
+    from tunelab.config import load_config, parse_overrides
+
+    overrides = parse_overrides(extra)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if overrides or args.config:
+            raise UserError("--resume continues a run exactly as configured; drop --config and the overrides")
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"cannot resume {run_dir}: it has no config.yaml")
+        if (run_dir / "summary.json").is_file():
+            raise UserError(f"{run_dir} already finished (summary.json exists); nothing to resume")
+        return load_config(run_dir / "config.yaml"), run_dir, (run_dir / runs.STATE).is_dir()
+    cfg = load_config(args.config, overrides)
+    run_dir = cfg.run_dir()
+    if cfg.output.dir is None:  # a default name never clobbers: runs/x, runs/x-2, runs/x-3 ...
+        stem, n = run_dir, 1
+        while run_dir.exists() and any(run_dir.iterdir()):
+            n += 1
+            run_dir = stem.with_name(f"{stem.name}-{n}")
+        cfg.output.dir = str(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.output.overwrite:
+        finished = (run_dir / "summary.json").is_file()
+        hint = "pick another --output.dir or add --output.overwrite true" if finished else \
+            f"continue it with tunelab train --resume {run_dir}, or add --output.overwrite true"
+        raise UserError(f"{run_dir} already holds a {'finished' if finished else 'started'} run; {hint}")
+    return cfg, run_dir, False
+
+
+def train_from_cli(args: argparse.Namespace, extra: list[str]) -> int:
+    from tunelab.build import prepare
+    from tunelab.launch import die_with_parent, make_accelerator, started_by_launcher
+    from tunelab.train import train
+
+    if started_by_launcher():
+        die_with_parent()  # a rank never outlives its launcher (torchrun gives each its own session)
+    cfg, run_dir, resume = train_target(args, extra)
+    # Every process has made its checks before the main one writes anything (several processes:
+    # torchrun or accelerate launch); only the main process writes the run directory.
+    accelerator = make_accelerator(cfg)
+    accelerator.wait_for_everyone()
+    # Every check on the input happens before anything is written. A resumed run reads back
+    # the files it saved (the LSTM's vocabulary).
+    prepared = prepare(cfg, run_dir if args.resume else None)
+    with run_directory_lock(run_dir, accelerator.is_main_process):
+        if accelerator.is_main_process:
+            start_run_directory(cfg, run_dir, prepared, fresh=not args.resume)
+        accelerator.wait_for_everyone()
+        summary = train(cfg, prepared, run_dir, resume=resume, accelerator=accelerator)
+    if accelerator.is_main_process:
+        print(f"{format_metrics(summary.test, 'test')}  train time {summary.train_time_s:.0f}s  -> {run_dir / 'summary.json'}")
+    return 0
+
+
+@contextlib.contextmanager
+def run_directory_lock(run_dir: Path, main: bool):
+    """The main process holds the run directory's lock while the run trains."""
+    from filelock import FileLock, Timeout
+
+    if not main:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = FileLock(str(run_dir / ".lock"), timeout=0)
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"another tunelab process is writing {run_dir}; wait for it or pick another --output.dir") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def start_run_directory(cfg, run_dir: Path, prepared, fresh: bool) -> None:
+    """A fresh run's config and files (a resumed one keeps its own); the run's size on stderr."""
+    from tunelab import runs
+    from tunelab.config import to_yaml
+
+    if fresh:
+        for name in ("metrics.jsonl", "summary.json", runs.CHECKPOINT, runs.STATE):
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        runs.atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        for name, text in prepared.files.items():
+            runs.atomic_write_text(run_dir / name, text)
+    counts = prepared.counts
+    print(f"{cfg.method.name} on {cfg.model.name}: {counts.trainable:,} trainable of {counts.total:,} "
+          f"parameters ({counts.trainable_percent:.3f}%), run directory {run_dir}", file=sys.stderr)
