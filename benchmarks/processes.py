@@ -69,7 +69,9 @@ def main() -> None:
     from safetensors.torch import load_file
 
     a, b = (load_file(str(out / d / "checkpoint" / "model.safetensors")) for d in ("one", "two"))
-    print(f"largest checkpoint difference: {max((a[k] - b[k]).abs().max().item() for k in a):.2e}")
+    # Not zero here: the body's dropout draws other masks on each process than on one. Without
+    # dropout the two end equal (tests/test_multiprocess.py).
+    print(f"largest checkpoint difference: {max((a[k] - b[k]).abs().max().item() for k in a):.2e} (dropout on)")
     print(f"runs in {out}")
 
 
