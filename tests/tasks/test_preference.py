@@ -65,8 +65,25 @@ def test_an_untrained_lora_is_its_own_reference_log_2_and_zero_rewards(tiny_caus
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and metrics["reward_margin"].abs().item() < 1e-6
 
 
-def test_response_logps_do_not_depend_on_padding_or_on_the_batch(tiny_causal_dir, pairs_dir, tmp_path):
-    p = prepared_run(tiny_causal_dir, pairs_dir, tmp_path)
+@pytest.fixture(scope="module")
+def tiny_gpt2_causal_dir(tiny_causal_dir, tmp_path_factory):
+    """A tiny GPT-2 with the tiny Llama's tokenizer: learned absolute positions, which shift
+    with the padding if position ids do not follow the attention mask."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2-causal")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=128,
+                               pad_token_id=0, eos_token_id=2, bos_token_id=2)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_response_logps_do_not_depend_on_padding_or_on_the_batch(tiny_causal_dir, tiny_gpt2_causal_dir, pairs_dir,
+                                                                  tmp_path, family):
+    p = prepared_run(tiny_causal_dir if family == "llama" else tiny_gpt2_causal_dir, pairs_dir, tmp_path)
     model = p.model.eval()
     examples = [p.splits["train"][i] for i in range(4)]
     together = preference.response_logps(model, p.collate(examples))
