@@ -101,6 +101,10 @@ def test_two_processes_end_where_one_process_with_the_doubled_batch_ends(two_pro
     records = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "validation"] == list(range(1, 16))
     assert summary["test"]["accuracy"] == pytest.approx(one["test"]["accuracy"])
+    # The epoch's train loss counts both processes' halves of every batch.
+    epochs = [[r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+               if r["split"] == "train_epoch"] for d in (two, tmp_path / "one")]
+    assert epochs[0] == pytest.approx(epochs[1], abs=1e-5) and len(epochs[0]) == 3
 
 
 def test_a_killed_two_process_run_resumes_to_the_same_weights(two_process_run, tmp_path):

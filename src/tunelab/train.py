@@ -284,7 +284,8 @@ def end_epoch(loop: Loop, state: TrainState) -> None:
     """Log the epoch's train loss and task metrics, and start the next epoch."""
     state.epoch += 1
     state.batches_done = 0
-    sums, n = state.epoch_sums, max(state.epoch_sums.get("examples", 0), 1)
+    sums = all_processes(loop, state.epoch_sums)
+    n = max(sums.get("examples", 0), 1)
     record = {"split": "train_epoch", "step": state.step, "epoch": state.epoch,
               **{key: value / n for key, value in sums.items() if key not in COUNTS}}
     if loop.main:
@@ -292,6 +293,15 @@ def end_epoch(loop: Loop, state: TrainState) -> None:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("split", "step", "epoch"))
         loop.bar.write(f"epoch {record['epoch']} step {record['step']}: train {shown}", file=sys.stderr)
     state.epoch_sums = {}
+
+
+def all_processes(loop: Loop, sums: dict[str, float]) -> dict[str, float]:
+    """Per-example sums over every process's batches (each process keeps its own)."""
+    if loop.accelerator.num_processes == 1:
+        return sums
+    keys = sorted(sums)  # the same keys on every process: one task, one loss
+    values = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=loop.accelerator.device)
+    return dict(zip(keys, loop.accelerator.reduce(values, reduction="sum").tolist()))
 
 
 def validate(loop: Loop, state: TrainState) -> bool:
