@@ -156,10 +156,76 @@ def test_a_launcher_is_the_words_before_dash_m_and_does_not_change_what_a_sweep_
     from tunelab.sweep import config_text
     from tunelab.sweep.space import SweepSettings, build_space
 
-    assert tunelab_command("torchrun --nproc_per_node 2") == ["torchrun", "--nproc_per_node", "2", "-m", "tunelab.cli"]
+    given = "torchrun --nproc_per_node 2 --master_port 29511"
+    assert tunelab_command(given) == [*given.split(), "-m", "tunelab.cli"]
+    # No port named: two runs at once (a sweep's workers) must not meet on the default one.
+    a = tunelab_command("torchrun --nproc_per_node 2")
+    assert a[:3] == ["torchrun", "--nproc_per_node", "2"] and a[3] == "--master_port" and a[-2:] == ["-m", "tunelab.cli"]
+    accelerate = tunelab_command("accelerate launch --num_processes 2")
+    assert accelerate[:3] == ["accelerate", "launch", "--main_process_port"] and accelerate[4:6] == ["--num_processes", "2"]
     assert tunelab_command(None) == [sys.executable, "-m", "tunelab.cli"]
     base = {"method": {"name": "lora"}}
     alone, launched = (build_space(dict(base), SweepSettings(search={"train.lr": [1e-3, 1e-2]}, launcher=launcher))
                        for launcher in (None, "torchrun --nproc_per_node 2"))
     # How trials run is not what the sweep is: the study accepts the same sweep with another launcher.
     assert config_text(alone) == config_text(launched)
+
+
+def test_two_processes_train_dpo_like_one_with_the_doubled_batch(tiny_causal_dir, tmp_path):
+    """A causal LM under DDP: its forward must go through the wrapper, or no gradient is averaged."""
+    from conftest import write_jsonl
+
+    rows = [{"prompt": "the film was", "chosen": "good fun", "rejected": "dull and boring"},
+            {"prompt": "a story", "chosen": "superb", "rejected": "awful"},
+            {"prompt": "the actor is", "chosen": "great", "rejected": "weak"},
+            {"prompt": "the plot", "chosen": "was fine", "rejected": "was poor and dull"}]
+    data = tmp_path / "pairs"
+    data.mkdir()
+    for split, n in (("train", 6), ("validation", 2), ("test", 2)):
+        write_jsonl(data / f"{split}.jsonl", rows * n)  # 24 training pairs: 3 full steps of 8
+    cfg = {"model": {"name": str(tiny_causal_dir)}, "data": {"name": str(data)},
+           "task": {"name": "preference", "max_length": 16, "max_prompt_length": 6},
+           "method": {"name": "lora", "r": 2, "alpha": 4},
+           "train": {"epochs": 2, "batch_size": 4, "lr": 5e-2, "warmup_ratio": 0.0},
+           "eval": {"batch_size": 4}, "output": {"dir": str(tmp_path / "two")}}
+    done = subprocess.run(torchrun(cli_args(cfg)), env=environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one_cfg = dict(cfg, train={**cfg["train"], "batch_size": 8}, output={"dir": str(tmp_path / "one")})
+    assert cli.main(["train", *cli_args(one_cfg)]) == 0
+    two, one = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("two", "one"))
+    assert two["num_processes"] == 2 and two["steps"] == one["steps"] == 6
+    assert_same_weights(weights(tmp_path / "two"), weights(tmp_path / "one"), atol=1e-5)
+    assert two["test"]["reward_margin"] == pytest.approx(one["test"]["reward_margin"], abs=1e-5)
+
+
+def test_a_token_mean_loss_over_two_processes_is_the_global_batch_token_mean(tiny_causal_dir, tmp_path):
+    """Instruct with the loss on whole sequences: the two slices of a batch hold different numbers
+    of tokens, so a mean of the two processes' token means would not be one process's mean."""
+    import random
+
+    from conftest import write_jsonl
+
+    rng = random.Random(0)
+    data = tmp_path / "reviews"
+    data.mkdir()
+    for split, n in (("train", 24), ("validation", 8), ("test", 8)):
+        write_jsonl(data / f"{split}.jsonl", [
+            {"text": " ".join(rng.sample(["the", "movie", "plot", "was", "very", "film", "story"], rng.randint(1, 6))
+                              + [rng.choice(["good", "bad"])]), "label": rng.choice(["positive", "negative"])}
+            for _ in range(n)])
+    cfg = {"model": {"name": str(tiny_causal_dir)}, "data": {"name": str(data)},
+           "task": {"name": "instruct", "template": "Review : {text} Sentiment :", "max_length": 64,
+                    "loss_on": "sequence"},
+           "method": {"name": "lora", "r": 2, "alpha": 4, "dropout": 0.0},
+           "train": {"epochs": 2, "batch_size": 4, "lr": 5e-2, "warmup_ratio": 0.0, "select_metric": "loss"},
+           "eval": {"batch_size": 4}, "output": {"dir": str(tmp_path / "two")}}
+    done = subprocess.run(torchrun(cli_args(cfg)), env=environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one_cfg = dict(cfg, train={**cfg["train"], "batch_size": 8}, output={"dir": str(tmp_path / "one")})
+    assert cli.main(["train", *cli_args(one_cfg)]) == 0
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["num_processes"] == 2
+    assert_same_weights(weights(tmp_path / "two"), weights(tmp_path / "one"), atol=1e-5)
+    # Generated answers come from both processes, each once, in the test split's order.
+    lines = [[json.loads(x) for x in (tmp_path / d / "predictions.jsonl").read_text().splitlines()] for d in ("two", "one")]
+    assert [r["id"] for r in lines[0]] == list(range(8))
+    assert [r["output"] for r in lines[0]] == [r["output"] for r in lines[1]]

@@ -34,11 +34,34 @@ def started_by_launcher() -> bool:
     return os.environ.get("LOCAL_RANK") is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+PORT_OPTIONS = {"torchrun": ("--master_port", "--master-port", "--rdzv_endpoint", "--rdzv-endpoint", "--standalone"),
+                "accelerate": ("--main_process_port", "--main-process-port")}
+"""A launcher's options that say where its processes meet; without one, each run gets a free port."""
+
+
 def tunelab_command(launcher: str | None) -> list[str]:
-    """The words that run ``tunelab.cli``: this Python, or the launcher's command with ``-m``."""
+    """The words that run ``tunelab.cli``: this Python, or the launcher's command with ``-m``.
+
+    torchrun and accelerate launch meet on one default port (29500): two runs at once (a sweep's
+    workers) would collide, so a launcher that names no port is given a free one."""
     if not launcher:
         return [sys.executable, "-m", "tunelab.cli"]
-    return [*shlex.split(launcher), "-m", "tunelab.cli"]
+    words = shlex.split(launcher)
+    kind = "torchrun" if any(w.endswith("torchrun") or w == "torch.distributed.run" for w in words) else \
+        "accelerate" if words and words[0].endswith("accelerate") else None
+    if kind and not any(w.split("=")[0] in PORT_OPTIONS[kind] for w in words):
+        at = words.index("launch") + 1 if kind == "accelerate" and "launch" in words else len(words)
+        words[at:at] = [PORT_OPTIONS[kind][0], str(free_port())]
+    return [*words, "-m", "tunelab.cli"]
+
+
+def free_port() -> int:
+    """A port no process listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_accelerator(cfg):

@@ -25,6 +25,7 @@ def add_pairs_command(sub) -> None:
     p.add_argument("--policy", required=True, help="a causal LM: catalog name, local directory or hub id")
     p.add_argument("--reward", required=True, metavar="RUN_DIR", help="a tunelab classification run (the reward)")
     p.add_argument("--prompts", required=True, help="a dataset whose texts' beginnings are the prompts")
+    p.add_argument("--text-column", default="text", help="the prompts dataset's column of texts (default: text)")
     p.add_argument("--label", default="positive", help="the reward run's label whose probability is the reward")
     p.add_argument("--n", type=int, default=2, help="continuations sampled per prompt (at least 2)")
     p.add_argument("--count", type=int, help="prompts to use (default: every text)")
@@ -40,18 +41,23 @@ def cmd_pairs(args: argparse.Namespace, extra: list[str]) -> int:
         raise UserError(f"unexpected arguments: {' '.join(extra)}")
     settings = {k: getattr(args, k) for k in ("policy", "reward", "prompts", "label", "n", "count", "prompt_words",
                                               "max_new_tokens", "seed")}
+    if args.text_column != "text":  # recorded only when set, so files made before the option continue
+        settings["text_column"] = args.text_column
     made = make_pairs(Path(args.output), **settings)
     print(f"{made} pairs in {args.output} (how they were made: {args.output}.meta.json)")
     return 0
 
 
-def prompt_texts(prompts: str, words: int, count: int | None) -> list[str]:
+def prompt_texts(prompts: str, words: int, count: int | None, column: str = "text") -> list[str]:
     """The first ``words`` words of each text of the dataset, train then validation then test."""
     from tunelab.config import DataConfig
     from tunelab.data.sources import load_splits
 
-    splits = load_splits(DataConfig(name=prompts))
-    texts = [t for name in ("train", "validation", "test") for t in splits[name]["text"] if t and t.strip()]
+    splits = load_splits(DataConfig(name=prompts, text_column=column))
+    if column not in splits["train"].column_names:
+        raise UserError(f"--prompts {prompts} has no column {column!r} (its columns: "
+                        f"{', '.join(splits['train'].column_names)}); name the column of texts with --text-column")
+    texts = [t for name in ("train", "validation", "test") for t in splits[name][column] if t and t.strip()]
     return [" ".join(t.split()[:words]) for t in texts][:count]
 
 
@@ -63,7 +69,13 @@ def check_settings(output: Path, settings: dict[str, Any]) -> int:
     made_with = json.loads(meta.read_text()) if meta.is_file() else {}
     if made_with.get("settings") != settings:
         raise UserError(f"{output} was made with other settings ({meta}); give another --output to start anew")
-    return sum(1 for line in output.read_text(encoding="utf-8").splitlines() if line.strip())
+    text = output.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):  # killed in the middle of a line: that prompt is made again
+        from tunelab.runs import atomic_write_text
+
+        text = text[:text.rfind("\n") + 1]
+        atomic_write_text(output, text)
+    return sum(1 for line in text.splitlines() if line.strip())
 
 
 def make_pairs(output: Path, **settings: Any) -> int:
@@ -78,7 +90,8 @@ def make_pairs(output: Path, **settings: Any) -> int:
                         "--max-new-tokens at least 1")
     check_reward_run(settings["reward"], settings["label"])
     done = check_settings(output, settings)
-    prompts = prompt_texts(settings["prompts"], settings["prompt_words"], settings["count"])
+    prompts = prompt_texts(settings["prompts"], settings["prompt_words"], settings["count"],
+                           settings.get("text_column", "text"))
     if not prompts:
         raise UserError(f"--prompts {settings['prompts']!r} has no texts to take prompts from")
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,8 @@ class Summary:
     padding_fraction: float | None = None
     """Of the tokens in the training batches, the share that was padding."""
     dropped_examples: int = 0
-    """Examples dropped for a missing label or text (``data.drop_missing``)."""
+    """Examples dropped for a missing label or text (``data.drop_missing``), and preference pairs
+    left out because their chosen and rejected responses are the same."""
     generation: dict[str, Any] | None = None
     """Sampled continuations of test prompts after training, where the task scores them
     (preference with a reward run): their mean ``reward`` and ``kl`` to the reference."""

@@ -189,3 +189,25 @@ def test_budget_differences_in_words():
     })) == ("Budgets differ: c trains for 5 epochs; d trains for 3 epochs, the others for 1 epoch; "
             "b trains for at most 50 steps, the others with no step limit; "
             "d trains on 90 train examples, the others on 200 train examples.")
+
+
+def test_preference_runs_get_the_reward_kl_frontier_and_its_columns(tmp_path):
+    comparison = tmp_path / "c"
+    test = {"loss": 0.69, "reward_accuracy": 0.6, "reward_margin": 0.1, "examples": N}
+    frontier = {"untrained": (0.47, 0.0), "sft": (0.56, 5.78), "dpo": (0.61, 1.48)}
+    for name, (reward, kl) in frontier.items():
+        fake_run(comparison / name, name, task="preference", primary_metric="reward_accuracy", test=test,
+                 generation={"reward": reward, "kl": kl, "examples": 60})
+    md, _ = report(comparison)
+    assert (comparison / "reward_kl.png").stat().st_size > 1000 and "reward_kl.png" in md
+    rows = {r["method"]: r for r in read_csv(comparison / "results.csv")}
+    for name, (reward, kl) in frontier.items():
+        assert float(rows[name]["generation_reward"]) == pytest.approx(reward)
+        assert float(rows[name]["generation_kl"]) == pytest.approx(kl)
+
+
+def test_runs_without_generations_get_no_frontier(tmp_path):
+    comparison = tmp_path / "c"
+    fake_run(comparison / "lora", "lora")
+    md, _ = report(comparison)
+    assert not (comparison / "reward_kl.png").exists() and "reward_kl.png" not in md

@@ -141,8 +141,19 @@ def test_full_fine_tuning_precomputes_its_reference_instead_of_copying_the_model
     assert summary["reference"] == {"kind": "precomputed before training", "extra_bytes": 40 * 2 * 8}
 
 
+def test_bitfit_switches_off_to_its_kept_pretrained_biases(tiny_causal_dir, pairs_dir, tmp_path):
+    from tunelab.methods.bitfit import PretrainedBiases
+
+    p = prepare(load_config(None, dict(config(tiny_causal_dir, pairs_dir, tmp_path), method={"name": "bitfit"})))
+    kept = [b for m in p.model.modules() if isinstance(m, PretrainedBiases) for b in m.buffers()]
+    assert kept and preference.REFERENCE not in p.splits["train"].column_names
+    assert preference.reference_kind(p) == {"kind": "modules switched off",
+                                            "extra_bytes": 4 * sum(b.numel() for b in kept)}
+
+
 @pytest.mark.parametrize("change, phrase", [
     ({"task": {"objective": {"beta": 0}}}, "task.objective.beta"),
+    ({"task": {"objective": {"loss": "ipo", "label_smoothing": 0.1}}}, "sigmoid loss only"),
     ({"task": {"max_prompt_length": 16}}, "leaves no room for a response"),
     ({"model": {"name": "ENCODER"}}, "needs a causal LM"),
 ])
@@ -201,3 +212,23 @@ def test_generations_are_scored_by_a_reward_run_and_untrained_kl_is_zero(tiny_ca
     raw["output"] = {"dir": str(tmp_path / "bad-label")}
     assert cli.main(["train", *cli_args(raw)]) == 2
     assert not (tmp_path / "bad-label").exists(), "refused before anything is written"
+
+
+def test_left_padded_sampling_sees_each_prompt_as_if_alone_on_gpt2(tiny_gpt2_causal_dir):
+    """The generations scored after training are sampled in left-padded batches: GPT-2's
+    absolute positions must follow the attention mask there, or a short prompt is read shifted."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_causal_dir).eval()
+    short, long = [5, 9, 13], [7, 8, 9, 10, 11, 12, 3]
+    ids = torch.tensor([[0] * 4 + short, long])
+    mask = torch.tensor([[0] * 4 + [1] * 3, [1] * 7])
+    kw = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, "output_scores": True,
+          "return_dict_in_generate": True}
+    batched = model.generate(input_ids=ids, attention_mask=mask, **kw).scores
+    alone = model.generate(input_ids=torch.tensor([short]), attention_mask=torch.ones(1, 3, dtype=torch.long), **kw).scores
+    for step, (b, a) in enumerate(zip(batched, alone)):
+        torch.testing.assert_close(b[0], a[0], atol=1e-5, rtol=0, msg=f"step {step}")
+    # and the padding really shifts positions when they are not taken from the mask
+    shifted = model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(7).expand(2, 7)).logits[0, -1]
+    assert (shifted - alone[0][0]).abs().max() > 1e-3

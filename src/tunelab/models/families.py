@@ -72,8 +72,16 @@ def is_causal_lm(config) -> bool:
     return family.causal if family is not None else True
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside a wrapper for several processes (DistributedDataParallel), else itself."""
+    return getattr(model, "module", model)
+
+
 def transformer_body(model: nn.Module) -> nn.Module:
-    """The transformer without task head: what takes input ids and returns hidden states."""
+    """The transformer without task head: what takes input ids and returns hidden states. Called
+    on its own it bypasses a DDP wrapper, so no gradient of it is averaged: inference only, or
+    see :func:`tunelab.tasks.causal.last_hidden`."""
+    model = unwrapped(model)
     if hasattr(model, "backbone"):  # a task model of ours (tunelab.tasks.classification)
         return model.backbone
     return model.base_model  # Hugging Face: the body of e.g. LlamaForCausalLM (itself for a bare model)

@@ -108,3 +108,14 @@ def batch_counts(batch: Batch) -> dict[str, Any]:
         return {"examples": len(batch["lengths"]), "tokens": batch["lengths"].sum(), "positions": batch["lengths"].sum()}
     mask = batch["attention_mask"]
     return {"examples": mask.shape[0], "tokens": mask.sum(), "positions": mask.numel()}
+
+
+def gather_objects(accelerator, items: list, count: int) -> list:
+    """One batch's per-example Python objects (generated texts) from every process, in the order
+    ``gather_for_metrics`` puts their tensors; ``count``, the gathered tensors' length, drops the
+    examples that fill up a last batch."""
+    if accelerator.num_processes == 1:
+        return items
+    from accelerate.utils import gather_object
+
+    return gather_object(items)[:count]

@@ -21,7 +21,7 @@ from torch import nn
 from tunelab.errors import UserError
 from tunelab.methods import apply_method
 from tunelab.methods.common import count_parameters
-from tunelab.models.families import transformer_body
+from tunelab.models.families import transformer_body, unwrapped
 from tunelab.models.loading import load_causal_lm
 from tunelab.tasks import batch_counts
 
@@ -139,12 +139,11 @@ def token_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
     ``labels[b, t]`` is the token expected at position t (``IGNORE`` where nothing is expected),
     predicted from positions < t; position 0 is never predicted. Returns two (B,) tensors.
     """
-    body = transformer_body(model)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+    hidden = last_hidden(model, input_ids, attention_mask)  # (B, T, H)
     targets = labels[:, 1:]  # (B, T-1)
     mask = targets != IGNORE
     picked = hidden[:, :-1][mask]  # (N, H): only the positions that predict a label
-    logits = model.get_output_embeddings()(picked).float()  # (N, V)
+    logits = unwrapped(model).get_output_embeddings()(picked).float()  # (N, V)
     nll = F.cross_entropy(logits, targets[mask], reduction="none")  # (N,)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(mask)[mask]
     per_example = torch.zeros(input_ids.shape[0], device=nll.device, dtype=nll.dtype).index_add_(0, rows, nll)
@@ -153,17 +152,48 @@ def token_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
 
 def next_token_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, V) log-probabilities of the token after each right-padded sequence's last real token."""
-    body = transformer_body(model)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+    hidden = last_hidden(model, input_ids, attention_mask)  # (B, T, H)
     last = attention_mask.sum(1) - 1  # (B,)
     picked = hidden[torch.arange(input_ids.shape[0], device=input_ids.device), last]  # (B, H)
-    return model.get_output_embeddings()(picked).float().log_softmax(-1)
+    return unwrapped(model).get_output_embeddings()(picked).float().log_softmax(-1)
+
+
+def last_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The body's last hidden states, (B, T, H), without the (B, T, V) logits of every position.
+
+    Alone, the body is called directly. A model wrapped for several processes (DDP) must be
+    called whole, or its gradients are not averaged across processes: it then runs with the
+    logits of one position only, and a hook on the body keeps the body's output (after the
+    method's own hooks, e.g. prompt tuning dropping its virtual positions)."""
+    if unwrapped(model) is model:
+        return transformer_body(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    kept = {}
+    hook = transformer_body(model).register_forward_hook(lambda _, __, out: kept.update(hidden=out.last_hidden_state))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1)
+    finally:
+        hook.remove()
+    return kept["hidden"]
 
 
 def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
     """Training loss of every causal-LM task: mean NLL over every labelled token of the batch."""
     nll, count = token_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    return nll.sum() / count.sum().clamp(min=1), batch_counts(batch)
+    return nll.sum() / tokens_per_process(count.sum()).clamp(min=1), batch_counts(batch)
+
+
+def tokens_per_process(count: torch.Tensor) -> torch.Tensor:
+    """The labelled tokens of the whole global batch over the number of processes. Several
+    processes average their gradients; with each loss divided by this, the average is the
+    gradient of the mean over every token of the global batch, as one process would take it,
+    not a mean of per-process means (processes' slices hold different numbers of tokens)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return count
+    total = count.detach().clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from tunelab.models.families import cache_argument, transformer_body
+from tunelab.models.families import cache_argument, transformer_body, unwrapped
 
 MIN_SHARED = 4
 """Shorter shared beginnings are not worth a pass of their own."""
@@ -53,7 +53,7 @@ def greedy(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, pad_
     """Greedy continuations (new token ids per prompt, cut after an end-of-sequence token) and
     the (B, V) log-probabilities of the token after each prompt. ``max_new_tokens=0`` only scores."""
     device = next(model.parameters()).device
-    body, head = transformer_body(model), model.get_output_embeddings()
+    body, head = transformer_body(model), unwrapped(model).get_output_embeddings()
     cache, argument = DynamicCache(), cache_argument(body)
     shared = shared_prefix_length(prompts) if share_prefix else 0
     if shared:

@@ -26,7 +26,7 @@ import torch
 from tunelab.data.labels import label_set
 from tunelab.errors import UserError
 from tunelab.models.loading import check_context_length, load_config, load_tokenizer
-from tunelab.tasks import Prepared, causal, decoding
+from tunelab.tasks import Prepared, causal, decoding, gather_objects
 
 
 def resolve_label_words(task, names: list[str]) -> list[str]:
@@ -175,9 +175,10 @@ def evaluate(model, loader, accelerator, prepared, split: str = "validation") ->
     unwrapped = accelerator.unwrap_model(model)
     for batch in loader:
         result = score_batch(model, unwrapped, batch, prepared, generate)
-        for key, values in zip(keys, accelerator.gather_for_metrics(tuple(result[k] for k in keys))):
+        gathered = accelerator.gather_for_metrics(tuple(result[k] for k in keys))
+        for key, values in zip(keys, gathered):
             columns[key].append(values.cpu())
-        columns["texts"] += result.get("texts", [])
+        columns["texts"] += gather_objects(accelerator, result.get("texts", []), len(gathered[0]))
     model.train(was_training)
     c = {key: torch.cat(values) for key, values in columns.items() if key != "texts"}
     score_accuracy = (c["scored"] == c["gold"]).float().mean().item()

@@ -199,6 +199,12 @@ class DPOObjective(Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     """Probability that a preference label is flipped (conservative DPO); sigmoid loss only."""
 
+    @model_validator(mode="after")
+    def _smoothing_with_sigmoid(self):
+        if self.label_smoothing and self.loss != "sigmoid":
+            raise ValueError(f"label_smoothing applies to the sigmoid loss only, not {self.loss}; set it to 0")
+        return self
+
 
 class SFTObjective(Strict):
     """Supervised fine-tuning on the chosen responses (the NLL of their tokens): the usual
@@ -227,7 +233,9 @@ class PreferenceTask(TaskOptions):
     objective: DPOObjective | SFTObjective = Field(DPOObjective(), discriminator="name")
     precompute_reference: bool = False
     """Compute the reference's log-probabilities of every pair once, before training (always so
-    for methods that change the base weights: full, head, bitfit — no frozen copy is kept)."""
+    for full and head, which change the base weights and cannot be switched off; no frozen copy
+    of the model is kept). Other methods switch their modules off; BitFit swaps in the pretrained
+    biases it keeps."""
     dropout: bool = False
     """Keep the model's dropout during training; off by default: with dropout on, the policy's
     and the reference's log-ratios are noise even at step 0."""

@@ -25,7 +25,7 @@ from torch import nn
 from tunelab.batching import SortedBatches, example_lengths
 from tunelab.errors import UserError
 from tunelab.methods.common import adapters, disable_adapters
-from tunelab.models.families import is_causal_lm
+from tunelab.models.families import is_causal_lm, unwrapped
 from tunelab.models.loading import check_context_length, load_config, load_tokenizer
 from tunelab.objectives.dpo import preference_loss
 from tunelab.tasks import Prepared, causal
@@ -99,7 +99,7 @@ def reference_logps(model, batch: dict) -> torch.Tensor:
     if REFERENCE in batch:
         return batch[REFERENCE].to(batch["input_ids"].device)
     with torch.no_grad(), disable_adapters(model):
-        return response_logps(model, batch)
+        return response_logps(unwrapped(model), batch)  # no gradient: no need to pass a DDP wrapper
 
 
 @torch.inference_mode()
@@ -194,7 +194,10 @@ def reference_kind(prepared: Prepared) -> dict:
     """How the run got its reference, and the memory that took beside the policy. A frozen copy
     of the model is never made: a precomputed table costs two numbers a pair."""
     if REFERENCE not in prepared.splits["train"].column_names:
-        return {"kind": "modules switched off", "extra_bytes": 0}
+        from tunelab.methods.bitfit import PretrainedBiases  # BitFit switches off to its kept pretrained biases
+
+        kept = [b for m in prepared.model.modules() if isinstance(m, PretrainedBiases) for b in m.buffers()]
+        return {"kind": "modules switched off", "extra_bytes": sum(b.numel() * b.element_size() for b in kept)}
     pairs = sum(len(split) for split in prepared.splits.values())
     return {"kind": "precomputed before training", "extra_bytes": pairs * 2 * 8}
 

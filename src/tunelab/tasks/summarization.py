@@ -15,7 +15,7 @@ import torch
 
 from tunelab.errors import UserError
 from tunelab.models.loading import check_context_length, load_config, load_tokenizer
-from tunelab.tasks import Prepared, causal
+from tunelab.tasks import Prepared, causal, gather_objects
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
@@ -92,13 +92,13 @@ def evaluate(model, loader, accelerator, prepared, split: str = "validation") ->
         total_nll += nll.double().sum().item()
         total_tokens += int(count.sum().item())
         if generate:
-            predictions += [t.strip() for t in causal.generate(unwrapped, prepared.tokenizer, batch["prompt_ids"],
-                                                                task.max_new_tokens)]
-            references += batch["reference"]
+            texts = [t.strip() for t in causal.generate(unwrapped, prepared.tokenizer, batch["prompt_ids"],
+                                                         task.max_new_tokens)]
+            predictions += gather_objects(accelerator, texts, len(nll))
+            references += gather_objects(accelerator, list(batch["reference"]), len(nll))
     model.train(was_training)
     metrics = {"loss": total_nll / max(total_tokens, 1), "examples": len(loader.dataset)}
     if generate:
-        # Generations are made per process; on several processes each scores its own share.
         scores = rouge_per_example(predictions, references)
         metrics.update({name: sum(s[name] for s in scores) / max(len(scores), 1) for name in ROUGE_TYPES})
         prepared.extras[f"{split}_outputs"] = list(zip(predictions, references))
