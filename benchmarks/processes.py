@@ -19,24 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from tunelab.launch import free_port
+
 
 def train_args(run_dir: Path, batch: int, train: int) -> list[str]:
     return ["train", "--config", "configs/minilm-l6/rt-snippets-lora.yaml", "--data.max_train_examples", str(train),
             "--data.max_validation_examples", "200", "--data.max_test_examples", "500", "--train.epochs", "1",
             "--train.batch_size", str(batch), "--output.dir", str(run_dir)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:

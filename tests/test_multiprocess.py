@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,12 +21,7 @@ import torch
 
 from conftest import cli_args, write_sentiment_csv
 from tunelab import cli, runs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tunelab.launch import free_port
 
 
 def torchrun(args: list[str], processes: int = 2) -> list[str]:

@@ -13,7 +13,6 @@ into place: a crash or a failed check leaves no half export, and the run directo
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import warnings
@@ -22,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from tunelab.catalog import sha256_file
 from tunelab.errors import UserError
 from tunelab.export.support import FORMATS, refusal
 
@@ -114,7 +114,7 @@ def describe(run_dir: Path, cfg, fmt: str, labels: list[str] | None) -> dict:
 
     checkpoint = run_dir / runs.CHECKPOINT / "model.safetensors"
     record = {"format": fmt, "method": cfg.method.name, "task": cfg.task.name, "run_dir": str(run_dir.resolve()),
-              "checkpoint_sha256": file_sha256(checkpoint), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "checkpoint_sha256": sha256_file(checkpoint), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "base_model": cfg.model.name, "base_model_path": resolve(cfg.model), "revision": cfg.model.revision,
               "method_options": cfg.method.model_dump(mode="json"),
               "versions": {**runs.versions(), "peft": peft.__version__, "safetensors": safetensors.__version__},
@@ -122,11 +122,3 @@ def describe(run_dir: Path, cfg, fmt: str, labels: list[str] | None) -> dict:
     if labels is not None:
         record["head"] = {"pooling": cfg.task.pooling, "num_labels": len(labels), "labels": list(labels)}
     return record
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
