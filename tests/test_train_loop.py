@@ -78,6 +78,25 @@ def test_eval_reproduces_summary(tiny_run_config, tmp_path, capsys):
     assert result["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-5)
 
 
+def test_a_run_without_test_never_evaluates_the_test_split(tiny_run_config, tmp_path, monkeypatch):
+    """``eval.test: false`` (a tuned comparison's trials): validation picks the checkpoint, and
+    the test split is never scored, logged or predicted."""
+    seen = []
+    real = classification.evaluate
+    monkeypatch.setattr(classification, "evaluate", lambda *a, **k: seen.append(k.get("split", a[4] if len(a) > 4 else
+                                                                                        "validation")) or real(*a, **k))
+    assert run_train({**tiny_run_config, "eval": {**tiny_run_config["eval"], "test": False}}) == 0
+    run_dir = tmp_path / "run"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert seen and set(seen) == {"validation"}
+    assert summary["test"] == {} and "accuracy" in summary["validation"]
+    assert not (run_dir / "predictions.jsonl").exists()
+    assert all(json.loads(line)["split"] != "test" for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+    # the metrics' declarations travel with the summary, for the report
+    assert summary["metrics"]["accuracy"] == {"higher_is_better": True, "kind": "proportion", "field": "correct",
+                                              "denominator": None, "exp": False, "in_results": False}
+
+
 def test_early_stopping_stops_after_patience(tiny_run_config, tmp_path):
     # lr 0 never improves after the first evaluation: patience 2 stops after 3 evaluations.
     cfg = dict(tiny_run_config, train={**tiny_run_config["train"], "epochs": 10, "lr": 1e-12, "patience": 2,

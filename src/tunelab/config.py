@@ -125,6 +125,10 @@ class TrainConfig(Strict):
 
 class EvalConfig(Strict):
     batch_size: int = Field(64, ge=1)
+    test: bool = True
+    """Evaluate the best checkpoint on the test split at the end. A tuned comparison's trials
+    run with this off: they choose hyper-parameters on validation, and only the final runs
+    ever see test."""
 
 
 class OutputConfig(Strict):

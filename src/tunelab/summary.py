@@ -25,6 +25,7 @@ class Summary:
     primary_metric: str
     """The headline test number of the task (accuracy, perplexity, rougeL)."""
     higher_is_better: bool
+    """Of the primary metric."""
     select_metric: str
     """The validation metric that picked the best checkpoint."""
     test: dict[str, Any]
@@ -67,13 +68,12 @@ class Summary:
     dropped_examples: int = 0
     """Examples dropped for a missing label or text (``data.drop_missing``), and preference pairs
     left out because their chosen and rejected responses are the same."""
-    generation: dict[str, Any] | None = None
-    """Sampled continuations of test prompts after training, where the task scores them
-    (preference with a reward run): their mean ``reward`` and ``kl`` to the reference."""
-    reference: dict[str, Any] | None = None
-    """Preference: where the reference's log-probabilities came from (``kind``: the model with
-    its modules switched off, or computed once before training) and the memory they took beside
-    the policy (``extra_bytes``): no second copy of the model in either case."""
+    metrics: dict[str, dict[str, Any]] | None = None
+    """Every metric of the task with its declaration: direction, kind and the predictions.jsonl
+    fields of its per-example values (tunelab.tasks.metrics); the report reads them here."""
+    task_results: dict[str, Any] = field(default_factory=dict)
+    """What only this run's task reports (preference: ``generation``, ``reference``), written
+    to summary.json under the task's name rather than as fields of every summary."""
     pruned: bool = False
     """A sweep's pruner stopped this trial at a validation (tunelab.sweep)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -82,6 +82,9 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(data.pop("extra"))
+        results = data.pop("task_results")
+        if results:
+            data[self.task] = results
         return data
 
     def write(self, run_dir: Path) -> None:
@@ -91,12 +94,34 @@ class Summary:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Summary":
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = {f.name for f in fields(cls)} - {"extra", "task_results"}
         values = {k: v for k, v in data.items() if k in known}
+        results = data.get(data.get("task"))
+        values["task_results"] = results if isinstance(results, dict) else {}
+        known.add(data.get("task"))
         for f in fields(cls):  # an older or partial summary: an absent value is unknown, not an error
             if f.name in known and f.name not in values and f.default is MISSING and f.default_factory is MISSING:
                 values[f.name] = None
         return cls(**values, extra={k: v for k, v in data.items() if k not in known})
+
+    def metric_declarations(self) -> dict[str, Any]:
+        """The task's metric declarations (tunelab.tasks.metrics.Metric by name): those the run
+        wrote, or for a run written before summaries carried them, the task's own."""
+        from tunelab.tasks import TASKS
+        from tunelab.tasks.metrics import Metric, from_declarations
+
+        if self.metrics:
+            return from_declarations(self.metrics)
+        options = TASKS.options(self.task) if self.task in TASKS.names() else None
+        declared: tuple[Metric, ...] = (*options.metrics, *options.result_metrics) if options else ()
+        return {m.name: m for m in declared}
+
+    def task_result(self, path: str) -> Any:
+        """A value of the task's own results by its dotted path (``generation.reward``)."""
+        node: Any = self.task_results
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
 
     @classmethod
     def read(cls, run_dir: Path) -> "Summary":

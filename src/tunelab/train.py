@@ -38,6 +38,7 @@ from tunelab.launch import make_accelerator
 from tunelab.methods.common import inference_state, load_trainable_state, trainable_state
 from tunelab.summary import Summary
 from tunelab.tasks import Prepared
+from tunelab.tasks.metrics import declarations
 
 LOG_EVERY_STEPS = 10
 COUNTS = ("examples", "tokens", "positions")
@@ -171,6 +172,8 @@ def start_state(loop: Loop, resume: bool) -> TrainState:
     """A fresh state (with the base model's numbers, where the task measures them), or the
     snapshot's state with its tensors, optimizer, schedule and random generators."""
     if not resume:
+        if not loop.cfg.eval.test:  # the base model's numbers are test numbers too
+            return TrainState()
         return TrainState(before=loop.prepared.task.before_training(loop.model, loop.accelerator, loop.prepared,
                                                                     loop.test_loader))
     tensors, saved = runs.load_state(loop.run_dir, loop.optimizer, loop.scheduler, loop.accelerator.process_index)
@@ -349,13 +352,16 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
     cfg, prepared, run_dir, task = loop.cfg, loop.prepared, loop.run_dir, loop.prepared.task
     load_trainable_state(loop.accelerator.unwrap_model(loop.model),
                          runs.load_tensors(run_dir / runs.CHECKPOINT / "model.safetensors"))
-    test = task.evaluate(loop.model, loop.test_loader, loop.accelerator, prepared, "test")
-    predictions = test.pop("predictions", None)
-    after = task.after_training(loop.model, loop.accelerator, prepared)
+    test, predictions, after = {}, None, {}
+    if cfg.eval.test:  # off for a tuned comparison's trials: only its final runs ever see test
+        test = task.evaluate(loop.model, loop.test_loader, loop.accelerator, prepared, "test")
+        predictions = test.pop("predictions", None)
+        after = task.after_training(loop.model, loop.accelerator, prepared)
     before = state.before or {}
     summary = Summary(
         method=cfg.method.name, model=cfg.model.name, data=cfg.data.name, task=cfg.task.name,
-        primary_metric=cfg.task.primary_metric, higher_is_better=cfg.task.higher_is_better,
+        primary_metric=cfg.task.primary_metric, higher_is_better=cfg.task.is_higher_better(),
+        metrics=declarations((*cfg.task.metrics, *cfg.task.result_metrics)),
         select_metric=loop.select_metric, test=test, validation=state.best_validation, before=before.get("test"),
         best_step=state.best_step, best_epoch=state.best_epoch, steps=state.step, stopped_early=state.stopped_early,
         trainable_params=prepared.counts.trainable, added_params=prepared.counts.added,
@@ -364,7 +370,7 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         wall_time_s=time.perf_counter() - started,
         tokens_per_second=state.train_tokens / max(state.train_seconds, 1e-9),
         padding_fraction=1 - state.train_tokens / state.train_positions if state.train_positions else None,
-        pruned=state.pruned, generation=after.get("generation"), reference=after.get("reference"),
+        pruned=state.pruned, task_results=after.get("results") or {},
         dropped_examples=prepared.dropped,
         train_examples=len(prepared.splits["train"]), test_examples=len(prepared.splits["test"]),
         label_names=prepared.label_names, **peak_memory(loop.accelerator), memory=state.memory,
@@ -373,7 +379,8 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
     if loop.main:
         if before.get("samples") or after.get("samples"):
             runs.write_json(run_dir / "samples.json", {"before": before.get("samples"), "after": after.get("samples")})
-        runs.append_metrics(run_dir, {"split": "test", "step": state.step, **test})
+        if cfg.eval.test:
+            runs.append_metrics(run_dir, {"split": "test", "step": state.step, **test})
         if predictions is not None:
             write_predictions(run_dir / PREDICTIONS, predictions, loop.test_order)
         summary.write(run_dir)

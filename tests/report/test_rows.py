@@ -8,7 +8,7 @@ import pytest
 
 from tunelab.report import pareto_front
 from tunelab.report.collect import Run
-from tunelab.report.paired import best_row
+from tunelab.report.paired import reference_row
 from tunelab.report.rows import Pareto, make_rows, primary_metric, run_values, scores
 from tunelab.summary import Summary
 
@@ -67,6 +67,18 @@ def test_pareto_of_rows_fewest_parameters_first_and_the_best_row():
     assert [p[0] for p in pareto.points] == ["full", "head", "bad", "lora"]
     assert pareto.front == ["head", "lora", "full"]
     assert pareto.points[3][2] == pytest.approx(0.82)  # the mean over seeds
-    assert best_row(rows, "accuracy", higher_is_better=True).name == "full"
-    assert best_row(make_rows([run("none", test={"accuracy": 0.5})]), "accuracy", True).name == "none"  # no params needed
-    assert best_row(rows, "perplexity", higher_is_better=False) is None
+
+
+
+def test_the_reference_is_the_best_row_on_validation_not_on_test():
+    rows = make_rows([run("full", test={"accuracy": 0.9}, validation={"accuracy": 0.80, "loss": 0.5}),
+                      run("lora", test={"accuracy": 0.8}, validation={"accuracy": 0.84, "loss": 0.4}),
+                      run("lora", test={"accuracy": 0.8}, validation={"accuracy": 0.78, "loss": 0.4}),  # mean 0.81
+                      run("head", test={"accuracy": 0.7}, validation={"accuracy": 0.805, "loss": 0.6})])
+    reference = reference_row(rows, [("accuracy", True)])
+    assert (reference.row.name, reference.metric, reference.value) == ("lora", "accuracy", pytest.approx(0.81))
+    # the first metric every row has on validation; lower is better for a loss
+    assert reference_row(rows, [("perplexity", False), ("loss", False)]).row.name == "lora"
+    assert reference_row(rows, [("loss", False)]).value == pytest.approx(0.4)
+    assert reference_row(rows, [("perplexity", False)]) is None
+    assert reference_row(make_rows([run("none", validation={"accuracy": 0.5})]), [("accuracy", True)]).row.name == "none"

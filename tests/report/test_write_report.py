@@ -75,11 +75,15 @@ def wilson(p: float, n: int, z: float = 1.959963984540054) -> tuple[float, float
 
 def check_cell(text: str, value: float, scale: float, examples: int | None = None) -> None:
     """A shown number equals the run's value to the precision it is shown with; where the
-    cell also shows an interval ``[low, high]``, it is the Wilson interval over ``examples``."""
+    cell also shows an interval ``[low, high]``, it is the Wilson interval over ``examples`` for
+    a proportion, and for any other metric (``examples`` None) an interval around the value."""
     text, _, interval = text.partition(" [")
     if interval:
         shown = [float(bound) for bound in interval.rstrip("]").split(", ")]
-        assert shown == [round(bound, 2) for bound in wilson(value, examples)], (text, interval, value, examples)
+        if examples is None:
+            assert shown[0] - 0.005 <= value <= shown[1] + 0.005 and shown[0] < shown[1], (text, interval, value)
+        else:
+            assert shown == [round(bound, 2) for bound in wilson(value, examples)], (text, interval, value, examples)
     number = text.replace(",", "")
     decimals = len(number.split(".")[1]) if "." in number else 0
     tolerance = 0.5 * 10 ** -decimals * scale * (1 + 1e-9)
@@ -124,7 +128,9 @@ def check_results_csv(path: Path, summaries: dict[str, dict]) -> None:
     intervals = [c for c in rows[0] if c.endswith(("_ci_low", "_ci_high"))]
     numeric = [c for c in rows[0] if c not in ("method", "model", "data", "task", "primary_metric", "runs", "seeds")
                and c not in intervals]
-    assert list(rows[0])[-2:] == intervals == ["test_accuracy_ci_low", "test_accuracy_ci_high"]  # appended
+    # appended: Wilson's for the accuracy, a bootstrap over the examples' losses for the loss
+    assert list(rows[0])[-4:] == intervals == ["test_accuracy_ci_low", "test_accuracy_ci_high", "test_loss_ci_low",
+                                               "test_loss_ci_high"]
     assert {"test_accuracy", "test_loss", "eval_loss", "trainable_params", "total_params", "checkpoint_bytes",
             "train_time_s", "peak_memory_bytes", "memory_activations_bytes"} <= set(numeric)
     for row in rows:
@@ -138,20 +144,25 @@ def check_results_csv(path: Path, summaries: dict[str, dict]) -> None:
         low, high = wilson(summary["test"]["accuracy"], summary["test"]["examples"])
         assert float(row["test_accuracy_ci_low"]) == pytest.approx(low, abs=1e-12)
         assert float(row["test_accuracy_ci_high"]) == pytest.approx(high, abs=1e-12)
+        assert float(row["test_loss_ci_low"]) < summary["test"]["loss"] < float(row["test_loss_ci_high"])
 
 
-def check_paired(comparison: Path) -> None:
+def check_paired(comparison: Path, summaries: dict[str, dict]) -> None:
     """Where both runs wrote predictions.jsonl, the paired table's b and c are counted from them."""
     files = [comparison / name / "predictions.jsonl" for name in ("head", "lora")]
     if not all(f.is_file() for f in files):
         return
     head, lora = ({r["id"]: r["correct"] for r in map(json.loads, f.read_text().splitlines())} for f in files)
-    best = "head" if sum(head.values()) >= sum(lora.values()) else "lora"  # the first of equals
+    # the reference is the better one on validation (the first of equals), never on test
+    validation = {name: summaries[name]["validation"]["accuracy"] for name in ("head", "lora")}
+    best = "head" if validation["head"] >= validation["lora"] else "lora"
     best_correct, other_correct = (head, lora) if best == "head" else (lora, head)
     b = sum(best_correct[i] and not other_correct[i] for i in head)
     c = sum(other_correct[i] and not best_correct[i] for i in head)
     headers, body = markdown_tables((comparison / "report.md").read_text())[f"Paired tests against {best}"]
-    assert [int(x) for x in body[0][2:5]] == [len(head), b, c], (headers, body)
+    cells = dict(zip(headers, body[0]))
+    assert cells["test"] == "exact McNemar" and int(cells["examples"]) == len(head)
+    assert [int(cells[f"only {best} right (b)"]), int(cells["only this right (c)"])] == [b, c], (headers, body)
 
 
 def test_every_cell_equals_the_runs_summaries(tiny_run_config, tmp_path, capsys):
@@ -167,7 +178,7 @@ def test_every_cell_equals_the_runs_summaries(tiny_run_config, tmp_path, capsys)
     assert "report.html" in capsys.readouterr().out
 
     check_results_csv(comparison / "results.csv", summaries)
-    check_paired(comparison)
+    check_paired(comparison, summaries)
 
     # report.md: every number equals the summary to the shown precision
     md = (comparison / "report.md").read_text()
@@ -179,7 +190,9 @@ def test_every_cell_equals_the_runs_summaries(tiny_run_config, tmp_path, capsys)
         for r in body:
             for header, text in zip(headers[1:], r[1:]):
                 key, scale = HEADERS[header]
-                check_cell(text, summary_value(summaries[r[0]], key), scale, summaries[r[0]]["test"]["examples"])
+                proportion = header == "test accuracy"
+                check_cell(text, summary_value(summaries[r[0]], key), scale,
+                           summaries[r[0]]["test"]["examples"] if proportion else None)
                 checked += 1
     assert checked >= 2 * 20
     for name in ("validation_loss.png", "pareto.png", "time_memory.png", "memory_breakdown.png"):
@@ -244,7 +257,7 @@ def test_new_summary_format_every_test_metric_and_a_none_row(tmp_path):
     assert rows["none"]["test_loss"] == "" and rows["none"]["eval_loss"] == ""
     assert float(rows["instruct-lora"]["eval_loss"]) == 0.45  # validation["loss"]
     headers, body = markdown_tables((comparison / "report.md").read_text())["Results"]
-    assert headers[1:4] == ["test accuracy", "test invalid_rate", "test loss"]  # primary metric first
+    assert headers[1:4] == ["test accuracy", "test loss", "test invalid_rate"]  # primary first, then the task's order
     none_row = dict(zip(headers, body[[r[0] for r in body].index("none")]))
     assert none_row["trainable"] == "0" and none_row["train time (s)"] == "–"
     assert (comparison / "pareto.png").is_file() and (comparison / "memory_breakdown.png").is_file()

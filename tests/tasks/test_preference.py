@@ -130,7 +130,7 @@ def test_a_dpo_run_end_to_end(tiny_causal_dir, pairs_dir, tmp_path):
     assert {"loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward"} <= summary["test"].keys()
     lines = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == summary["test"]["examples"] == 8
-    assert summary["reference"] == {"kind": "modules switched off", "extra_bytes": 0}
+    assert summary["preference"]["reference"] == {"kind": "modules switched off", "extra_bytes": 0}
 
 
 def test_full_fine_tuning_precomputes_its_reference_instead_of_copying_the_model(tiny_causal_dir, pairs_dir, tmp_path):
@@ -138,7 +138,7 @@ def test_full_fine_tuning_precomputes_its_reference_instead_of_copying_the_model
     assert cli.main(["train", *cli_args(raw)]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     # two float64 log-probabilities for each of the 24 + 8 + 8 pairs, nothing the model's size
-    assert summary["reference"] == {"kind": "precomputed before training", "extra_bytes": 40 * 2 * 8}
+    assert summary["preference"]["reference"] == {"kind": "precomputed before training", "extra_bytes": 40 * 2 * 8}
 
 
 def test_bitfit_switches_off_to_its_kept_pretrained_biases(tiny_causal_dir, pairs_dir, tmp_path):
@@ -203,7 +203,7 @@ def test_generations_are_scored_by_a_reward_run_and_untrained_kl_is_zero(tiny_ca
     raw["method"] = {"name": "none"}
     raw["output"] = {"dir": str(tmp_path / "untrained")}
     assert cli.main(["train", *cli_args(raw)]) == 0
-    generation = json.loads((tmp_path / "untrained" / "summary.json").read_text())["generation"]
+    generation = json.loads((tmp_path / "untrained" / "summary.json").read_text())["preference"]["generation"]
     assert generation["examples"] == 6 and 0 <= generation["reward"] <= 1
     assert generation["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy is its own reference
     samples = json.loads((tmp_path / "untrained" / "samples.json").read_text())["after"]

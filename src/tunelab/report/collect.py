@@ -28,9 +28,9 @@ class Run:
     config: dict[str, Any]
     validation: list[dict[str, Any]]
     """Validation records of metrics.jsonl, in order."""
-    correct: dict[int, bool | None] | None = None
-    """Test example id -> whether the run got it right (None where the task has no right
-    answer), from predictions.jsonl; None where the run has no predictions.jsonl."""
+    records: dict[int, dict[str, Any]] | None = None
+    """Test example id -> its predictions.jsonl record (the numbers and flags of it: the
+    per-example values of the task's metrics); None where the run has no predictions.jsonl."""
 
     @property
     def seed(self) -> Any:
@@ -47,7 +47,7 @@ def read_run(path: Path, name: str) -> Run | None:
     config_file = path / "config.yaml"
     config = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
     return Run(name, path, summary, config or {}, _validation_records(path / "metrics.jsonl"),
-               _correct_by_id(path / PREDICTIONS_FILE))
+               _records_by_id(path / PREDICTIONS_FILE))
 
 
 def _validation_records(metrics_file: Path) -> list[dict[str, Any]]:
@@ -57,18 +57,19 @@ def _validation_records(metrics_file: Path) -> list[dict[str, Any]]:
     return [record for record in records if record.get("split") == "validation"]
 
 
-def _correct_by_id(predictions_file: Path) -> dict[int, bool | None] | None:
-    """The ``correct`` field of every prediction by its ``id``; the rest (texts, scores) is
-    not needed by the report and not kept."""
+def _records_by_id(predictions_file: Path) -> dict[int, dict[str, Any]] | None:
+    """Every prediction's numbers and flags by its ``id``; its texts (gold, predicted, the
+    generated output) are not needed by the report and not kept."""
     if not predictions_file.is_file():
         return None
-    found: dict[int, bool | None] = {}
+    found: dict[int, dict[str, Any]] = {}
     for number, line in enumerate(predictions_file.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            found[int(record["id"])] = None if record.get("correct") is None else bool(record["correct"])
+            found[int(record["id"])] = {k: v for k, v in record.items()
+                                        if k != "id" and (v is None or isinstance(v, (bool, int, float)))}
         except (ValueError, KeyError, TypeError) as error:
             raise UserError(f"{predictions_file}:{number}: not a prediction record with an integer id "
                             f"({error.__class__.__name__}: {error})") from None

@@ -27,10 +27,22 @@ def make_plots(results: Results) -> list[Image]:
         ("pareto.png", pareto_caption(rows, metric), pareto(rows, results.pareto, colors)),
         ("time_memory.png", "Train time and peak memory", time_memory(rows, colors)),
         ("memory_breakdown.png", "Memory breakdown per method", memory_breakdown(rows)),
-        ("reward_kl.png", "Reward of sampled continuations against their KL to the reference (one point per run)",
-         reward_kl(rows, colors)),
     ]
+    made += [(plot.file, plot.caption, scatter(rows, plot, colors)) for plot in task_scatters(rows)]
     return [Image(file, title, png) for file, title, png in made if png is not None]
+
+
+def task_scatters(rows: list[Row]) -> list:
+    """The plots the rows' tasks declare (tunelab.tasks.metrics.Scatter), each once."""
+    from tunelab.tasks import TASKS
+
+    found = {}
+    for row in rows:
+        task = row.runs[0].summary.task
+        plot = TASKS.options(task).scatter if task in TASKS.names() else None
+        if plot is not None:
+            found.setdefault(plot.file, plot)
+    return list(found.values())
 
 
 def validation_loss(rows: list[Row], colors: Colors) -> bytes | None:
@@ -182,19 +194,19 @@ def memory_breakdown(rows: list[Row]) -> bytes | None:
     return png(fig)
 
 
-def reward_kl(rows: list[Row], colors: Colors) -> bytes | None:
-    """The reward-KL frontier (DPO, figure 2): high reward at low KL is better."""
-    points = [(row.name, row.mean("generation_kl"), row.mean("generation_reward")) for row in rows]
+def scatter(rows: list[Row], plot, colors: Colors) -> bytes | None:
+    """Two columns against each other, one point per method (e.g. DPO's reward-KL frontier, figure 2)."""
+    points = [(row.name, row.mean(plot.x), row.mean(plot.y)) for row in rows]
     points = [p for p in points if p[1] is not None and p[2] is not None]
     if not points:
         return None
     fig, ax = pyplot().subplots(figsize=(7.5, 4.5))
-    for name, kl, reward in points:
-        ax.plot(kl, reward, "o", markersize=8, color=colors[name])
-        ax.annotate(name, (kl, reward), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.set_xlabel("KL to the reference (mean sequence log-ratio of samples)")
-    ax.set_ylabel("mean reward of samples")
-    ax.set_title("Reward against KL")
+    for name, x, y in points:
+        ax.plot(x, y, "o", markersize=8, color=colors[name])
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel(plot.x_label)
+    ax.set_ylabel(plot.y_label)
+    ax.set_title(plot.title)
     ax.grid(alpha=0.3)
     return png(fig)
 

@@ -12,17 +12,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tunelab.report.collect import Run
-from tunelab.report.stats import wilson_interval
+from tunelab.report.per_example import examples, metric_of
+from tunelab.report.stats import bootstrap_interval, wilson_interval
 from tunelab.summary import Summary
 
-LOWER_IS_BETTER = {"loss", "perplexity", "invalid_rate"}
-METRIC_ORDER = ["accuracy", "score_accuracy", "invalid_rate", "perplexity", "rouge1", "rouge2", "rougeL", "loss"]
-"""Test metrics in this order (after the primary one); others follow alphabetically."""
 COUNTS = {"examples"}
-"""Entries of a split's metrics that count what was evaluated rather than score it: no column.
-(An lm run's ``tokens`` has always been a column; results.csv keeps it, so it stays one.)"""
-PROPORTIONS = {"accuracy", "score_accuracy", "generate_accuracy", "invalid_rate", "reward_accuracy"}
-"""Test metrics that are a share of the test examples: they get a 95 % Wilson interval."""
+"""The entry of a split's metrics that counts what was evaluated (every task reports it): no
+column. Which metric means what is the task's to say (summary.json ``metrics``)."""
 
 
 @dataclass
@@ -33,8 +29,8 @@ class Column:
     kind: str
     """How the Markdown/HTML cell shows it: a key of FORMATS."""
     interval: bool = False
-    """A proportion of the test examples: the cell shows its 95 % Wilson interval too, and
-    results.csv has ``<key>_ci_low`` and ``<key>_ci_high``."""
+    """A test metric with an interval over the test examples (Wilson for a proportion, a
+    bootstrap otherwise): the cell shows it, and results.csv has ``<key>_ci_low``, ``_ci_high``."""
 
 
 @dataclass
@@ -43,6 +39,8 @@ class Row:
     runs: list[Run]
     values: dict[str, list[Any]] = field(default_factory=dict)
     """Column key -> the value of every run (None where a run lacks it)."""
+    intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict, repr=False)
+    """Intervals worked out so far (a bootstrap is worth doing once)."""
 
     def mean(self, key: str) -> float | int | None:
         found = [v for v in self.values.get(key, []) if v is not None]
@@ -55,12 +53,23 @@ class Row:
         return statistics.stdev(found) if len(found) > 1 else None
 
     def interval(self, key: str) -> tuple[float, float] | None:
-        """The 95 % Wilson interval of a proportion test metric (``test_accuracy``...) over the
-        row's test examples, at the mean over seeds; None for other metrics or without a count."""
-        proportion, n = self.mean(key), examples_tested(self.runs[0].summary)
-        if key.removeprefix("test_") not in PROPORTIONS or not key.startswith("test_") or proportion is None or not n:
+        """The 95 % interval of a test metric (``test_<metric>``) over the row's test examples, at
+        the mean over seeds: Wilson's for a proportion, else a bootstrap over the examples'
+        values in predictions.jsonl; None for other columns or without the values it needs."""
+        if key not in self.intervals:
+            self.intervals[key] = self._interval(key)
+        return self.intervals[key]
+
+    def _interval(self, key: str) -> tuple[float, float] | None:
+        metric = metric_of(self.runs[0], key.removeprefix("test_")) if key.startswith("test_") else None
+        value = self.mean(key)
+        if metric is None or not metric.has_interval or value is None:
             return None
-        return wilson_interval(proportion, n)
+        if metric.kind == "proportion":
+            n = examples_tested(self.runs[0].summary)
+            return wilson_interval(value, n) if n else None
+        found = examples(self.runs, metric.name)
+        return bootstrap_interval(found.samples) if found.samples is not None else None
 
 
 SUMMARY_COLUMNS = [
@@ -108,7 +117,13 @@ def primary_metric(summary: Summary) -> tuple[str, bool]:
     """The metric a run is judged by and whether higher is better (accuracy for older runs)."""
     metric = summary.primary_metric or "accuracy"
     higher = summary.higher_is_better
-    return metric, metric not in LOWER_IS_BETTER if higher is None else bool(higher)
+    if higher is None:  # a summary older than the field: the direction of the task that reports the metric
+        from tunelab.tasks import TASKS
+
+        declared = summary.metric_declarations().get(metric) or next(
+            (m for name in TASKS.names() for m in TASKS.options(name).metrics if m.name == metric), None)
+        higher = declared is None or declared.higher_is_better is not False
+    return metric, bool(higher)
 
 
 def run_values(run: Run) -> dict[str, Any]:
@@ -123,7 +138,7 @@ def run_values(run: Run) -> dict[str, Any]:
     values.update({f"test_{k}_before": v for k, v in scores(s.before).items()})
     values[f"validation_{metric}"] = s.metric("validation", metric)
     values["eval_loss"] = s.metric("validation", "loss")
-    values.update({f"generation_{k}": (s.generation or {}).get(k) for k in ("reward", "kl")})
+    values.update({m.name: s.task_result(m.field) for m in s.metric_declarations().values() if m.in_results})
     values.update({c.key: getattr(s, c.key) for c in SUMMARY_COLUMNS})
     memory = s.memory or {}
     values.update({c.key: memory.get(c.key.removeprefix("memory_")) for c in MEMORY_COLUMNS})
@@ -151,14 +166,25 @@ def report_metric(runs: list[Run]) -> tuple[str, bool]:
 def main_columns(rows: list[Row], metric: str) -> list[Column]:
     """The results table: every test metric (the primary one first), the validation metric,
     then parameters, time and memory; only columns some row has a value for."""
+    declared = declared_metrics(rows)
     tests = {k.removeprefix("test_") for row in rows for k in row.values if k.startswith("test_")}
     ordered = [metric] if metric in tests else []
-    ordered += [m for m in METRIC_ORDER if m in tests and m not in ordered]
+    ordered += [m for m in declared if m in tests and m not in ordered]  # the task's own order
     ordered += sorted(tests - set(ordered))
-    columns = [Column(f"test_{m}", f"test {m}", "metric", interval=m in PROPORTIONS) for m in ordered]
-    columns += [Column(f"validation_{metric}", f"val. {metric}", "metric"), Column("eval_loss", "eval loss", "metric"),
-                Column("generation_reward", "gen. reward", "metric"), Column("generation_kl", "gen. KL", "metric")]
+    columns = [Column(f"test_{m}", f"test {m}", "metric", interval=m in declared and declared[m].has_interval)
+               for m in ordered]
+    columns += [Column(f"validation_{metric}", f"val. {metric}", "metric"), Column("eval_loss", "eval loss", "metric")]
+    columns += [Column(m.name, m.name.replace("_", " "), "metric") for m in declared.values() if m.in_results]
     return present(columns + SUMMARY_COLUMNS, rows)
+
+
+def declared_metrics(rows: list[Row]) -> dict:
+    """Every metric the rows' tasks declare (tunelab.tasks.metrics.Metric by name), in order."""
+    found: dict = {}
+    for row in rows:
+        for name, metric in row.runs[0].summary.metric_declarations().items():
+            found.setdefault(name, metric)
+    return found
 
 
 def present(columns: list[Column], rows: list[Row]) -> list[Column]:
@@ -280,7 +306,7 @@ def write_csv(path: Path, rows: list[Row], columns: list[Column]) -> None:
     their order)."""
     seeds = any(len(row.runs) > 1 for row in rows)
     keys = [c.key for c in columns]
-    intervals = [c.key for c in columns if c.interval]
+    intervals = [c.key for c in columns if c.interval and any(row.interval(c.key) for row in rows)]
     header = ["method", "model", "data", "task", "primary_metric", "runs", "seeds"]
     header += [k for key in keys for k in ([key, f"{key}_std"] if seeds else [key])]
     header += [f"{key}_ci_{end}" for key in intervals for end in ("low", "high")]

@@ -8,7 +8,8 @@ from typing import Any
 from tunelab.report.budget import budget_differences, budget_line, budget_table
 from tunelab.report.collect import PREDICTIONS_FILE, Run
 from tunelab.report.document import Block, BulletList, Code, Document, Heading, Image, Paragraph, Table
-from tunelab.report.paired import Paired, best_row, paired_table, paired_tests, verdict
+from tunelab.report.paired import Reference, paired_note, paired_table, paired_tests, reference_row, verdict
+from tunelab.report.per_example import metric_of
 from tunelab.report.rows import FORMATS, Results, Row, distinct, examples_tested, table_cells
 
 MEMORY_NOTE = ("Counted for the first training batch of each run: weights (every parameter), gradients (one per "
@@ -44,23 +45,31 @@ def results_table(results: Results) -> Table:
 
 
 def results_section(results: Results) -> list[Block]:
-    """The results table, the notes under it, and the paired tests against the best row."""
+    """The results table, the notes under it, and the paired tests against the reference."""
     pareto = results.pareto
-    best = best_row(results.rows, pareto.metric, pareto.higher_is_better)
-    paired = paired_tests(results.rows, best) if best else []
+    reference = reference_row(results.rows, validation_metrics(results))
+    paired = paired_tests(results.rows, reference.row, pareto.metric, pareto.higher_is_better) if reference else []
+    fmt = FORMATS["metric"]
     blocks: list[Block] = [Heading("Results"), results_table(results)]
-    blocks += [Paragraph(n) for n in [interval_note(results), *notes(results, best, paired)] if n]
+    found = [interval_note(results), *notes(results)]
+    if reference:
+        found += verdict(paired, reference, pareto.metric, fmt)
+    blocks += [Paragraph(n) for n in found if n]
     if any(p.p is not None for p in paired):
-        blocks += [Heading(f"Paired tests against {best.name}"), Paragraph(paired_note(best.name)),
-                   Table(*paired_table(paired, best), "paired")]
+        blocks += [Heading(f"Paired tests against {reference.row.name}"), Paragraph(paired_note(reference.row.name)),
+                   Table(*paired_table(paired, reference.row, fmt), "paired")]
     return blocks
 
 
-def paired_note(best: str) -> str:
-    return (f"Each method's first run against {best}'s first run on the same test examples (matched by `id` in "
-            f"`{PREDICTIONS_FILE}`): b counts the examples only {best} gets right, c those only the other method "
-            "gets right. Exact McNemar test: p = min(1, 2 · P(X ≤ min(b, c))) with X ~ Binomial(b + c, 1/2); "
-            "p ≥ 0.05 means these examples cannot tell the two apart.")
+def validation_metrics(results: Results) -> list[tuple[str, bool]]:
+    """The validation metrics the reference may be chosen by, in order of preference: the primary
+    metric, else the metric that picked each run's checkpoint."""
+    first = results.rows[0].runs[0] if results.rows else None
+    found = [(results.pareto.metric, results.pareto.higher_is_better)]
+    if first is not None and first.summary.select_metric:
+        declared = metric_of(first, first.summary.select_metric)
+        found.append((first.summary.select_metric, declared is None or declared.higher_is_better is not False))
+    return found
 
 
 def interval_note(results: Results) -> str | None:
@@ -71,18 +80,28 @@ def interval_note(results: Results) -> str | None:
     counts = distinct([FORMATS["int"](examples_tested(row.runs[0].summary)) for row in results.rows
                        if row.interval(shown[0].key)])
     seeds = ", at the seeds' mean for a row with several seeds" if any(len(row.runs) > 1 for row in results.rows) else ""
-    return (f"In brackets: the 95 % Wilson score interval of each proportion ({', '.join(c.header for c in shown)}) "
-            f"over the {counts} test examples{seeds}.")
+    wilson = [c.header for c in shown if interval_kind(results, c.key) == "proportion"]
+    boot = [c.header for c in shown if interval_kind(results, c.key) != "proportion"]
+    kinds = ([f"the Wilson score interval of each proportion ({', '.join(wilson)})"] if wilson else []) + \
+            ([f"a percentile bootstrap over the test examples (2,000 replicates) for {', '.join(boot)}"] if boot else [])
+    return f"In brackets: 95 % intervals over the {counts} test examples{seeds}: {' and '.join(kinds)}."
 
 
-def notes(results: Results, best: Row | None, paired: list[Paired]) -> list[str]:
-    """The lines under the results table: the best row, which rows the test examples cannot
-    tell apart from it, and the Pareto front."""
+def interval_kind(results: Results, key: str) -> str | None:
+    for row in results.rows:
+        metric = metric_of(row.runs[0], key.removeprefix("test_"))
+        if metric is not None:
+            return metric.kind
+    return None
+
+
+def notes(results: Results) -> list[str]:
+    """The lines under the results table: the highest test value and the Pareto front."""
     pareto, found = results.pareto, []
-    if best:
-        found.append(f"Best test {pareto.metric}: **{best.name}** "
-                     f"({FORMATS['metric'](best.mean(f'test_{pareto.metric}'))}).")
-        found += verdict(paired, best)
+    scored = [row for row in results.rows if row.mean(f"test_{pareto.metric}") is not None]
+    if scored:
+        top = (max if pareto.higher_is_better else min)(scored, key=lambda row: row.mean(f"test_{pareto.metric}"))
+        found.append(f"Best test {pareto.metric}: **{top.name}** ({FORMATS['metric'](top.mean(f'test_{pareto.metric}'))}).")
     if pareto.front:
         found.append(f"Pareto front (test {pareto.metric} against trainable parameters, fewest first): "
                      f"{', '.join(pareto.front)}.")

@@ -80,7 +80,8 @@ class Task(Protocol):
         """The base model's numbers (``test``) and ``samples``, before anything trains; {} if none."""
 
     def after_training(self, model: nn.Module, accelerator: Accelerator, prepared: Prepared) -> dict[str, Any]:
-        """``samples`` to read beside the numbers; {} if none."""
+        """``samples`` to read beside the numbers, and ``results`` that only this task reports
+        (summary.json keeps them under the task's name); {} if none."""
 
 
 TASKS: Registry[opts.TaskOptions] = Registry(kind="task", package="tunelab.tasks", default="classification")
@@ -93,7 +94,7 @@ def select_metric(cfg: RunConfig) -> tuple[str, bool]:
     name = cfg.train.select_metric
     if name == "auto":
         name = cfg.task.select_metric
-    return name, name != "loss"
+    return name, cfg.task.is_higher_better(name)
 
 
 def causal_tasks() -> list[str]:

@@ -128,9 +128,9 @@ def evaluate(model, loader, accelerator, prepared=None, split: str = "validation
     metrics = {"loss": loss.mean().item(), "accuracy": correct.float().mean().item(), "examples": loss.numel()}
     if split == "test":
         names = (prepared.label_names if prepared is not None else None) or [str(i) for i in range(int(gold.max()) + 1)]
-        metrics["predictions"] = [{"gold": names[g], "predicted": names[p], "score": s, "correct": c}
-                                  for g, p, s, c in zip(gold.tolist(), predicted.tolist(), probability.tolist(),
-                                                        correct.tolist())]
+        metrics["predictions"] = [{"gold": names[g], "predicted": names[p], "score": s, "correct": c, "loss": x}
+                                  for g, p, s, c, x in zip(gold.tolist(), predicted.tolist(), probability.tolist(),
+                                                           correct.tolist(), loss.tolist())]
     return metrics
 
 

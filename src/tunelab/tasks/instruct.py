@@ -200,10 +200,12 @@ def predictions(c: dict[str, torch.Tensor], texts: list[str], names: list[str], 
     for i, gold in enumerate(c["gold"].tolist()):
         scored = int(c["scored"][i])
         row = {"gold": names[gold], "score": float(c["scored_probability"][i]),
-               "score_predicted": names[scored], "score_correct": scored == gold}
+               "score_predicted": names[scored], "score_correct": scored == gold,
+               "nll": float(c["gold_nll"][i]), "tokens": int(c["gold_tokens"][i])}
         if generated:
             label = int(c["generated"][i])
-            row.update(predicted=names[label] if label >= 0 else None, correct=label == gold, output=texts[i])
+            row.update(predicted=names[label] if label >= 0 else None, correct=label == gold, invalid=label < 0,
+                       output=texts[i])
         else:
             row.update(predicted=names[scored], correct=scored == gold)
         rows.append(row)

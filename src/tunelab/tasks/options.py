@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tunelab.schema import Strict
+from tunelab.tasks.metrics import Metric, Scatter
 
 if TYPE_CHECKING:
     from tunelab.config import DataConfig
@@ -27,15 +28,27 @@ def template_fields(template: str) -> list[str]:
     return list(dict.fromkeys(TEMPLATE_FIELD.findall(template)))
 
 
+LOSS = Metric("loss", higher_is_better=False, field="loss")
+"""A loss that is the mean over examples of each example's own loss."""
+TOKEN_LOSS = Metric("loss", higher_is_better=False, kind="ratio", field="nll", denominator="tokens")
+"""A loss that is the mean over predicted tokens: summed NLL over summed tokens."""
+ACCURACY = Metric("accuracy", kind="proportion", field="correct")
+
+
 class TaskOptions(Strict):
     name: str
     primary_metric: ClassVar[str] = "accuracy"
     """The headline test number."""
-    higher_is_better: ClassVar[bool] = True
-    """Of the primary metric."""
     select_metric: ClassVar[str] = "accuracy"
-    """The validation number that picks the best checkpoint when ``train.select_metric`` is auto
-    (``loss`` is always lower-is-better, every other select metric higher-is-better)."""
+    """The validation number that picks the best checkpoint when ``train.select_metric`` is auto."""
+    metrics: ClassVar[tuple[Metric, ...]] = (ACCURACY, LOSS)
+    """Every metric the task reports on validation or test, with its direction and kind
+    (tunelab.tasks.metrics); summary.json carries them for the report."""
+    result_metrics: ClassVar[tuple[Metric, ...]] = ()
+    """Numbers of the task's own results (summary.json under the task's name) that the report
+    shows as columns; ``field`` is their dotted path there (``generation.reward``)."""
+    scatter: ClassVar[Scatter | None] = None
+    """A plot of two of those columns against each other, one point per method."""
     causal: ClassVar[bool] = False
     """Runs on a causal LM (so its runs can generate)."""
     refuse_empty_text: ClassVar[bool] = True
@@ -46,6 +59,20 @@ class TaskOptions(Strict):
     def input_length(self) -> int:
         """Tokens per training example, at most (what ``--quick`` and ``profile`` size by)."""
         return self.max_length
+
+    @classmethod
+    def metric(cls, name: str) -> Metric:
+        """The declaration of one of the task's metrics."""
+        found = {m.name: m for m in (*cls.metrics, *cls.result_metrics)}
+        if name not in found:
+            raise KeyError(f"the {cls.model_fields['name'].default} task reports no metric {name!r}; "
+                           f"it reports: {', '.join(found)}")
+        return found[name]
+
+    @classmethod
+    def is_higher_better(cls, name: str | None = None) -> bool:
+        """Of the primary metric, or of ``name``."""
+        return bool(cls.metric(name or cls.primary_metric).higher_is_better)
 
     def validation_metrics(self) -> list[str]:
         """What the task's evaluation reports on the validation split (a sweep's objective is one)."""
@@ -85,6 +112,10 @@ class InstructTask(TaskOptions):
 
     name: Literal["instruct"] = "instruct"
     causal: ClassVar[bool] = True
+    metrics: ClassVar[tuple[Metric, ...]] = (
+        ACCURACY, Metric("score_accuracy", kind="proportion", field="score_correct"),
+        Metric("generate_accuracy", kind="proportion", field="correct"),
+        Metric("invalid_rate", higher_is_better=False, kind="proportion", field="invalid"), TOKEN_LOSS)
 
     def validation_metrics(self) -> list[str]:
         generated = ["generate_accuracy", "invalid_rate"] if self.generate_on_validation else []
@@ -127,8 +158,10 @@ class LMTask(TaskOptions):
 
     name: Literal["lm"] = "lm"
     primary_metric: ClassVar[str] = "perplexity"
-    higher_is_better: ClassVar[bool] = False
     select_metric: ClassVar[str] = "loss"
+    metrics: ClassVar[tuple[Metric, ...]] = (
+        Metric("perplexity", higher_is_better=False, kind="ratio", field="nll", denominator="tokens", exp=True),
+        TOKEN_LOSS, Metric("tokens", higher_is_better=None, kind="count"))
     causal: ClassVar[bool] = True
     refuse_empty_text: ClassVar[bool] = False  # empty lines and documents are part of a corpus
     block_size: int = Field(256, ge=8, le=131072)
@@ -166,6 +199,8 @@ class SummarizationTask(TaskOptions):
     name: Literal["summarization"] = "summarization"
     primary_metric: ClassVar[str] = "rougeL"
     select_metric: ClassVar[str] = "loss"
+    metrics: ClassVar[tuple[Metric, ...]] = (
+        *(Metric(name, field=name) for name in ("rouge1", "rouge2", "rougeL")), TOKEN_LOSS)
     causal: ClassVar[bool] = True
 
     template: str = "{article}\nTL;DR:"
@@ -222,6 +257,19 @@ class PreferenceTask(TaskOptions):
     name: Literal["preference"] = "preference"
     primary_metric: ClassVar[str] = "reward_accuracy"
     select_metric: ClassVar[str] = "loss"
+    metrics: ClassVar[tuple[Metric, ...]] = (
+        Metric("reward_accuracy", kind="proportion", field="correct"), Metric("reward_margin", field="margin"),
+        Metric("chosen_reward", higher_is_better=None, field="chosen_reward"),
+        Metric("rejected_reward", higher_is_better=None, field="rejected_reward"),
+        Metric("chosen_logps", higher_is_better=None, field="chosen_logps"),
+        Metric("rejected_logps", higher_is_better=None, field="rejected_logps"), LOSS)
+    result_metrics: ClassVar[tuple[Metric, ...]] = (
+        Metric("generation_reward", field="generation.reward", in_results=True),
+        Metric("generation_kl", higher_is_better=False, field="generation.kl", in_results=True))
+    scatter: ClassVar[Scatter | None] = Scatter(
+        "generation_kl", "generation_reward", "reward_kl.png",
+        "Reward of sampled continuations against their KL to the reference (one point per run)",
+        "KL to the reference (mean sequence log-ratio of samples)", "mean reward of samples", "Reward against KL")
     causal: ClassVar[bool] = True
     prompt_column: str = "prompt"
     chosen_column: str = "chosen"

@@ -164,8 +164,12 @@ def evaluate(model, loader, accelerator, prepared, split: str = "validation") ->
     c = {key: torch.cat(v) for key, v in columns.items()}
     metrics = {key: c[key].mean().item() for key in keys} | {"examples": int(c["loss"].numel())}
     if split == "test":
-        metrics["predictions"] = [{"gold": "chosen", "predicted": "chosen" if m > 0 else "rejected", "score": m,
-                                   "correct": m > 0} for m in c["reward_margin"].tolist()]
+        per_pair = {key: c[key].tolist() for key in keys}
+        metrics["predictions"] = [
+            {"gold": "chosen", "predicted": "chosen" if m > 0 else "rejected", "score": m, "correct": m > 0,
+             "margin": m, **{key: per_pair[key][i] for key in ("chosen_reward", "rejected_reward", "chosen_logps",
+                                                                "rejected_logps", "loss")}}
+            for i, m in enumerate(per_pair["reward_margin"])]
     return metrics
 
 
@@ -178,7 +182,7 @@ def after_training(model, accelerator, prepared) -> dict:
     policy, their reward and their KL to the reference (one point of the reward-KL frontier)."""
     task = prepared.cfg.task
     if task.reward_run is None:
-        return {"reference": reference_kind(prepared)}
+        return {"results": {"reference": reference_kind(prepared)}}
     policy = accelerator.unwrap_model(model).eval()
     prompts = prepared.splits["test"]["prompt_ids"][:task.eval_generations]
     completions = sample(policy, prepared.tokenizer, prompts, task.max_new_tokens, task.generation_seed)
@@ -186,8 +190,9 @@ def after_training(model, accelerator, prepared) -> dict:
     texts = [prepared.tokenizer.decode(p + c, skip_special_tokens=True) for p, c in zip(prompts, completions)]
     rewards = reward_of(task.reward_run, task.reward_label, texts)
     return {"samples": [{"text": t, "reward": r, "log_ratio": k} for t, r, k in list(zip(texts, rewards, kl))[:10]],
-            "generation": {"reward": sum(rewards) / len(rewards), "kl": sum(kl) / len(kl), "examples": len(texts)},
-            "reference": reference_kind(prepared)}
+            "results": {"generation": {"reward": sum(rewards) / len(rewards), "kl": sum(kl) / len(kl),
+                                       "examples": len(texts)},
+                        "reference": reference_kind(prepared)}}
 
 
 def reference_kind(prepared: Prepared) -> dict:

@@ -85,26 +85,27 @@ def evaluate(model, loader, accelerator, prepared, split: str = "validation") ->
     task = prepared.cfg.task
     generate = split == "test" or task.rouge_on_validation
     unwrapped = accelerator.unwrap_model(model)
-    total_nll, total_tokens, predictions, references = 0.0, 0, [], []
+    nlls, counts, predictions, references = [], [], [], []
     for batch in loader:
         nll, count = causal.token_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         nll, count = accelerator.gather_for_metrics((nll, count))
-        total_nll += nll.double().sum().item()
-        total_tokens += int(count.sum().item())
+        nlls += nll.double().tolist()
+        counts += count.tolist()
         if generate:
             texts = [t.strip() for t in causal.generate(unwrapped, prepared.tokenizer, batch["prompt_ids"],
                                                          task.max_new_tokens)]
             predictions += gather_objects(accelerator, texts, len(nll))
             references += gather_objects(accelerator, list(batch["reference"]), len(nll))
     model.train(was_training)
-    metrics = {"loss": total_nll / max(total_tokens, 1), "examples": len(loader.dataset)}
+    metrics = {"loss": sum(nlls) / max(sum(counts), 1), "examples": len(loader.dataset)}
     if generate:
         scores = rouge_per_example(predictions, references)
         metrics.update({name: sum(s[name] for s in scores) / max(len(scores), 1) for name in ROUGE_TYPES})
         prepared.extras[f"{split}_outputs"] = list(zip(predictions, references))
         if split == "test":
-            metrics["predictions"] = [{"gold": r, "predicted": p, "score": s["rougeL"], "correct": None, **s}
-                                      for p, r, s in zip(predictions, references, scores)]
+            metrics["predictions"] = [{"gold": r, "predicted": p, "score": s["rougeL"], "correct": None, **s,
+                                       "nll": n, "tokens": c}
+                                      for p, r, s, n, c in zip(predictions, references, scores, nlls, counts)]
     return metrics
 
 
