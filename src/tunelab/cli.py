@@ -107,13 +107,16 @@ def cmd_params(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     from tunelab import compare
-    from tunelab.config import parse_overrides
+    from tunelab.config import TuneConfig, parse_overrides
 
     cfg = compare.load_compare_config(args.config, parse_overrides(extra), quick=args.quick)
     if args.launcher:
         cfg.launcher = args.launcher
+    if args.tune and cfg.tune is None:
+        cfg.tune = TuneConfig()
     plan = compare.plan(cfg, methods=args.methods, seeds=args.seeds, output=args.output, quick=args.quick)
-    outcome, written = compare.run_comparison(plan, progress=not args.no_progress)
+    outcome, written = compare.run_comparison(plan, progress=not args.no_progress, workers=args.workers,
+                                              storage=args.storage)
     print(written["table"])
     print(f"report: {written['html']} (and report.md, results.csv, plots)")
     failed = [k for k, v in outcome.items() if v.startswith("failed")]
@@ -269,6 +272,13 @@ def add_comparison_commands(sub) -> None:
     p.add_argument("--seeds", type=int, help="run every method with N seeds (mean ± std in the report)")
     p.add_argument("--output", help="comparison directory (default: runs/compare-<model>-<data>)")
     p.add_argument("--quick", action="store_true", help="a few steps per method: a smoke test in minutes")
+    p.add_argument("--tune", action="store_true",
+                   help="tune every method with the same number of trials on validation first (the config's tune: "
+                        "section, or its defaults; --tune.trials N etc. override it)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the runs (default 1)")
+    p.add_argument("--storage", help="an Optuna database URL (postgresql://...) that several machines share: the same "
+                                     "command on each picks up runs no one has claimed (default: a journal file in "
+                                     "the comparison directory)")
     p.add_argument("--launcher", help="start each run with this launcher, e.g. \"torchrun --nproc_per_node 2\" "
                                       "(see the README, 'Several processes')")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -130,10 +130,10 @@ def run_config(cfg: CompareConfig, name: str, seed_offset: int, run_dir: Path) -
     """The full config of one run: shared sections, then the entry's overrides, then the seed."""
     if not NAME_PATTERN.match(name):
         raise UserError(f"method entry {name!r} cannot name a directory; use letters, digits, '-', '_', '.' or '+'")
-    entry = method_entries(cfg).get(name, {})
+    entry = {k: v for k, v in method_entries(cfg).get(name, {}).items() if k != "tune"}  # tune: its own search
     bad = [key for key in entry if key not in RUN_SECTIONS]
     if bad:
-        raise UserError(f"unknown key {bad[0]!r} in methods.{name}; allowed keys here: {', '.join(RUN_SECTIONS)}")
+        raise UserError(f"unknown key {bad[0]!r} in methods.{name}; allowed keys here: {', '.join(RUN_SECTIONS)}, tune")
     for section, value in entry.items():
         if not isinstance(value, dict):
             raise UserError(f"methods.{name}.{section} must be a mapping of keys, e.g. {{train: {{lr: 1.0e-3}}}}")
@@ -179,6 +179,10 @@ def plan(cfg: CompareConfig, methods: str | None = None, seeds: int | None = Non
             run_dir = directory / (name if cfg.seeds == 1 else f"{name}-seed{probe.train.seed}")
             probe.output.dir = str(run_dir)
             runs.append(PlannedRun(name, probe.train.seed, run_dir, probe))
+        if cfg.tune is not None:
+            from tunelab.tuning import tuning_for
+
+            tuning_for(cfg, name, runs[-cfg.seeds].config)  # every searched key and value checked now
     return Plan(directory, cfg, runs)
 
 
@@ -298,19 +302,24 @@ class Bars:
         self.runs.close()
 
 
-def run_one(plan: Plan, run: PlannedRun, state: str, bars: Bars) -> str:
-    """Train one planned run in its own process; `done` or `failed: <its last error line>`."""
+def run_one(plan: Plan, run: PlannedRun, state: str, bars: Bars | None, key: str | None = None,
+            env: dict[str, str] | None = None) -> str:
+    """Train one planned run in its own process; `done` or `failed: <its last error line>`.
+    ``key`` names its config and log files (the run directory's name by default); ``env`` is
+    the training process's environment (a tuning trial's link to its study)."""
     from tqdm.auto import tqdm
 
     from tunelab import runs as run_files
 
-    key = run.run_dir.name
+    key = key or run.run_dir.name
     config_file = plan.directory / "configs" / f"{key}.yaml"
     run_files.atomic_write_text(config_file, to_yaml(run.config))
-    bars.start(key, state)
+    if bars is not None:
+        bars.start(key, state)
     started = time.perf_counter()
     log_file = plan.directory / "logs" / f"{key}.log"
-    code = run_child(train_command(run, state, config_file, plan.config.launcher), log_file, bars.step)
+    code = run_child(train_command(run, state, config_file, plan.config.launcher), log_file,
+                     bars.step if bars is not None else None, env=env)
     if code == 130:
         raise KeyboardInterrupt
     if code == 0 and (run.run_dir / "summary.json").is_file():
@@ -320,16 +329,25 @@ def run_one(plan: Plan, run: PlannedRun, state: str, bars: Bars) -> str:
     return f"failed: {line}"
 
 
-def run_comparison(plan: Plan, progress: bool = True) -> tuple[dict[str, str], dict[str, Any]]:
-    """Run every planned run not yet finished, one process at a time; then write the report.
+def run_comparison(plan: Plan, progress: bool = True, workers: int = 1,
+                   storage: str | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+    """Run every planned run not yet finished (and, tuned, every method's trials first); then
+    write the report.
 
-    Returns run directory name -> `done`, `skipped` or `failed: <last error line>`, and what
-    :func:`tunelab.report.write_report` returns.
+    The runs are the trials of the comparison's studies (:mod:`tunelab.jobs`): in the directory's
+    journal, or at ``storage`` (a database URL several machines share). ``workers`` local
+    processes claim them, each run in its own training process.
+
+    Returns run directory name -> `done`, `failed: <last error line>` or `not run` (left to
+    another machine), and what :func:`tunelab.report.write_report` returns.
     """
     from filelock import FileLock, Timeout
 
-    from tunelab import report, runs as run_files
+    from tunelab import jobs, report, runs as run_files
 
+    if not 1 <= workers <= 64:
+        raise UserError(f"--workers must be between 1 and 64 (got {workers})")
+    check_directory(plan)
     plan.directory.mkdir(parents=True, exist_ok=True)
     try:
         lock = FileLock(str(plan.directory / ".compare.lock"), timeout=0)
@@ -338,24 +356,70 @@ def run_comparison(plan: Plan, progress: bool = True) -> tuple[dict[str, str], d
         raise UserError(f"another tunelab compare is writing {plan.directory}; wait for it to finish or pick "
                         f"another --output") from None
     try:
-        states = {run.run_dir: run_state(run) for run in plan.runs}  # refuses runs made with another config
+        for run in plan.runs:
+            if plan.config.tune is None:
+                run_state(run)  # refuses runs made with another config before anything starts
+        comparison = jobs.Comparison(plan, storage)
         run_files.atomic_write_text(plan.directory / "compare.yaml", compare_yaml(plan.config))
         (plan.directory / "configs").mkdir(exist_ok=True)
         (plan.directory / "logs").mkdir(exist_ok=True)
-        outcome: dict[str, str] = {}
-        bars = Bars(len(plan.runs), progress)
-        for run in plan.runs:
-            state = states[run.run_dir]
-            outcome[run.run_dir.name] = "skipped" if state == "done" else run_one(plan, run, state, bars)
-            bars.runs.update(1)
+        ended, total = comparison.counts()
+        bars = Bars(total, progress)
+        bars.runs.update(ended)
+        if workers == 1:
+            jobs.work(comparison, bars)
+        else:
+            run_workers(comparison, workers, storage, bars)
         bars.close()
+        outcome = comparison.outcome()
         failed = {k: v for k, v in outcome.items() if v.startswith("failed")}
-        if len(failed) == len(plan.runs):
+        if failed and len(failed) == len(outcome):
             first = next(iter(failed.items()))
             raise UserError(f"every run failed; {first[0]}: {first[1].removeprefix('failed: ')}")
-        return outcome, report.write_report([plan.directory], plan.directory, failed=failed)
+        finals = {run.run_dir.name: outcome.get(run.run_dir.name, "not run") for run in plan.runs}
+        return outcome, report.write_report([plan.directory], plan.directory, failed=failed,
+                                            elsewhere=[k for k, v in finals.items() if v == "not run"])
     finally:
         lock.release()
+
+
+def check_directory(plan: Plan) -> None:
+    """A tuned comparison never shares a directory with an untuned one (or the other way round):
+    their runs of one method differ in what chose the learning rate."""
+    existing = plan.directory / "compare.yaml"
+    if not existing.is_file():
+        return
+    try:
+        before = yaml.safe_load(existing.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return
+    tuned_before = bool(isinstance(before, dict) and before.get("tune"))
+    if tuned_before != (plan.config.tune is not None):
+        kind = "a tuned" if tuned_before else "an untuned"
+        raise UserError(f"{plan.directory} holds {kind} comparison; a {'tuned' if not tuned_before else 'untuned'} one "
+                        f"needs its own directory: give --output {plan.directory}-{'tuned' if not tuned_before else 'untuned'}")
+
+
+def run_workers(comparison, workers: int, storage: str | None, bars: Bars) -> None:
+    """``workers`` processes of ``python -m tunelab.jobs`` on the comparison; progress until all end."""
+    command = [sys.executable, "-m", "tunelab.jobs", str(comparison.plan.directory)]
+    command += ["--storage", storage] if storage else []
+    command += ["--launcher", comparison.plan.config.launcher] if comparison.plan.config.launcher else []
+    linux = sys.platform.startswith("linux")
+    procs = [subprocess.Popen(command, preexec_fn=die_with_parent if linux else None) for _ in range(workers)]
+    try:
+        while any(proc.poll() is None for proc in procs):
+            time.sleep(2)
+            bars.runs.n = comparison.counts()[0]
+            bars.runs.refresh()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    failed = [proc.returncode for proc in procs if proc.returncode not in (0, None)]
+    if failed:
+        raise UserError(f"{len(failed)} worker(s) stopped with an error (exit {failed[0]}); see the logs/ of "
+                        f"{comparison.plan.directory}")
 
 
 def compare_yaml(cfg: CompareConfig) -> str:

@@ -233,13 +233,14 @@ def test_the_budget_per_row_and_where_it_differs(tmp_path):
     comparison = tmp_path / "c"
     for method in ("full", "lora", "lstm"):
         path = run_with_predictions(comparison / method, method, FULL)
-        train = {"seed": 0, "epochs": 5 if method == "lstm" else 1, "max_steps": None}
+        train = {"seed": 0, "epochs": 5 if method == "lstm" else 1, "max_steps": None, "lr": 5e-3 if method == "lstm" else 1e-4}
         (path / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method}, "train": train}))
     md, tables = report(comparison)
     assert "Budgets differ: lstm trains for 5 epochs, the others for 1 epoch." in md
     headers, body = tables["Budget per method"]
-    assert headers == ["method", "epochs", "max steps", "steps taken", "train examples"]
-    assert body == [["full", "1", "–", "10", "200"], ["lora", "1", "–", "10", "200"], ["lstm", "5", "–", "10", "200"]]
+    assert headers == ["method", "lr", "epochs", "max steps", "steps taken", "train examples"]
+    assert body == [["full", "0.0001", "1", "–", "10", "200"], ["lora", "0.0001", "1", "–", "10", "200"],
+                    ["lstm", "0.005", "5", "–", "10", "200"]]
 
 
 def rows_with(budgets: dict[str, dict]) -> list:

@@ -117,7 +117,10 @@ def test_a_killed_sweep_continues_with_the_same_trials(grid_config, straight, tm
     proc.wait()
     assert cli.main(["sweep", "--config", str(grid_config), "--output", str(out), "--no-progress"]) == 0
     study = load(out)
-    assert sum(t.state == TrialState.FAIL for t in study.trials) == 1  # the interrupted one, run again
+    # the interrupted trial is not failed and repeated: it went back to waiting and resumed its own run
+    assert not any(t.state == TrialState.FAIL for t in study.trials) and len(study.trials) == 4
+    logs = [p.read_text() for p in (out / "logs").glob("trial-*.log")]
+    assert sorted(log.count("$ ") for log in logs) == [1, 1, 1, 2]  # started again in its own run directory
     assert finished(study) == finished(load(straight))  # the same points, the same validation numbers
 
 

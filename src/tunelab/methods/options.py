@@ -21,6 +21,9 @@ class MethodOptions(Strict):
     pretrained: ClassVar[bool] = True
     """False for a method that builds its own model from the data (the LSTM baseline) instead of
     adapting a pretrained one; its module then also provides ``prepare(cfg, raw, run_dir)``."""
+    trains: ClassVar[bool] = True
+    """False for a method that trains nothing (zero-/few-shot prompting): a tuned comparison has
+    no hyper-parameter of its to search."""
 
     @property
     def virtual_tokens(self) -> int:
@@ -43,6 +46,7 @@ class NoMethod(MethodOptions):
     """No training: the pretrained model as it is, for zero-/few-shot baselines (``task.shots``)."""
 
     name: Literal["none"] = "none"
+    trains: ClassVar[bool] = False
 
     @property
     def body_frozen(self) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import UserError
-from tunelab.report import sections
+from tunelab.report import sections, tuning
 from tunelab.report.collect import collect
 from tunelab.report.document import markdown_table, to_html, to_markdown
 from tunelab.report.plots import make_plots
@@ -26,24 +26,31 @@ from tunelab.report.rows import pareto_front, results, write_csv, write_runs_csv
 __all__ = ["write_report", "pareto_front"]
 
 
-def write_report(dirs: list[Path], output: Path, failed: dict[str, str] | None = None) -> dict[str, Any]:
+def write_report(dirs: list[Path], output: Path, failed: dict[str, str] | None = None,
+                 elsewhere: list[str] | None = None) -> dict[str, Any]:
     """Read the runs under ``dirs`` and write the whole report into ``output``; returns the
     paths written and the results table as Markdown.
 
-    ``failed``: run directory name -> why, for runs the comparison saw fail.
+    ``failed``: run directory name -> why, for runs the comparison saw fail; ``elsewhere``: runs
+    of the comparison that other workers (other machines on the same storage) ran or will run.
     """
     runs, unfinished, configs = collect([Path(d) for d in dirs])
     if not runs:
         raise UserError(f"no finished runs (directories with summary.json) in {', '.join(str(d) for d in dirs)}")
     found = results(runs)
-    plots = make_plots(found)  # before anything is written: a plot that fails leaves no half report
+    trials = tuning.collect_trials([Path(d) for d in dirs])
+    plots = make_plots(found, trials)  # before anything is written: a plot that fails leaves no half report
     output.mkdir(parents=True, exist_ok=True)
     columns = found.columns + found.memory_columns
     write_csv(output / "results.csv", found.rows, columns)
     write_runs_csv(output / "runs.csv", runs, columns)
     for plot in plots:
         (output / plot.file).write_bytes(plot.png)
-    doc = sections.build(runs, found, plots, dirs, sections.not_in_table(failed, unfinished), configs)
+    problems = sections.not_in_table(failed, unfinished)
+    for name in elsewhere or []:
+        problems.setdefault(name, "not here: another worker on the same --storage runs it; `tunelab report` with its "
+                                  "directory too puts it in")
+    doc = sections.build(runs, found, plots, dirs, problems, configs, trials)
     (output / "report.md").write_text(to_markdown(doc), encoding="utf-8")
     (output / "report.html").write_text(to_html(doc), encoding="utf-8")
     return {"markdown": output / "report.md", "html": output / "report.html", "csv": output / "results.csv",

@@ -46,15 +46,17 @@ FIELDS: list[BudgetField] = [
 
 
 def budget_table(rows: list[Row]) -> Table:
-    """Per row: its configured epochs and step limit, the steps it took, the examples it trained on."""
-    headers = ["method", "epochs", "max steps", "steps taken", "train examples"]
+    """Per row: its learning rate, configured epochs and step limit, the steps it took, the
+    examples it trained on."""
+    headers = ["method", "lr", "epochs", "max steps", "steps taken", "train examples"]
     body = []
     for row in rows:
         values = [distinct([get(run) for run in row.runs]) for _, get, _ in FIELDS]
         steps = distinct([run.summary.steps for run in row.runs])
         if any(run.summary.stopped_early for run in row.runs):
             steps += " (stopped early)"
-        body.append([row.name, values[0], values[1], steps, values[2]])
+        lr = distinct([f"{v:.3g}" if isinstance(v, float) else v for v in (setting(r, "train", "lr") for r in row.runs)])
+        body.append([row.name, lr, values[0], values[1], steps, values[2]])
     return Table(headers, body, "budget")
 
 

@@ -84,12 +84,18 @@ def collect(dirs: list[Path]) -> tuple[list[Run], list[Path], dict[str, str]]:
     """Finished runs, unfinished run directories, and the comparison configs (label -> YAML).
 
     Each of ``dirs`` is a comparison directory (its run directories are read) or a run
-    directory itself. With several comparisons, row names get the comparison's name in front.
+    directory itself. With several comparisons, row names get the comparison's name in front;
+    directories of one comparison (the same compare.yaml: its runs split over machines that
+    shared a --storage) are one comparison, and a run found in several is read once.
     """
     finished: list[Run] = []
     unfinished: list[Path] = []
     configs: dict[str, str] = {}
-    several = sum(not _is_run_dir(d) for d in dirs) > 1
+    comparisons = [d for d in dirs if d.is_dir() and not _is_run_dir(d)]
+    texts = {(d / "compare.yaml").read_text(encoding="utf-8") if (d / "compare.yaml").is_file() else str(d)
+             for d in comparisons}
+    several = len(texts) > 1
+    seen: set[str] = set()
     for directory in dirs:
         if not directory.is_dir():
             raise UserError(f"{directory} is not a directory; give comparison or run directories")
@@ -99,6 +105,9 @@ def collect(dirs: list[Path]) -> tuple[list[Run], list[Path], dict[str, str]]:
             candidates = _comparison_runs(directory, configs)
             prefix = f"{directory.name}/" if several else ""
         for path in candidates:
+            if prefix + path.name in seen:
+                continue
+            seen.add(prefix + path.name)
             run = read_run(path, prefix + SEED_SUFFIX.sub("", path.name))
             if run is None:
                 unfinished.append(path)
@@ -113,7 +122,9 @@ def _comparison_runs(directory: Path, configs: dict[str, str]) -> list[Path]:
     candidates = sorted(p for p in directory.iterdir() if p.is_dir() and _is_run_dir(p))
     compare_file = directory / "compare.yaml"
     if compare_file.is_file():
-        configs[str(directory)] = compare_file.read_text(encoding="utf-8")
+        text = compare_file.read_text(encoding="utf-8")
+        if text not in configs.values():  # one comparison over several directories shows its config once
+            configs[str(directory)] = text
         order = list((yaml.safe_load(configs[str(directory)]) or {}).get("methods") or {})
         rank = {name: i for i, name in enumerate(order)}
         candidates.sort(key=lambda p: (rank.get(SEED_SUFFIX.sub("", p.name), len(rank)), p.name))

@@ -98,7 +98,7 @@ def paired_tests(rows: list[Row], reference: Row, metric: str, higher_is_better:
     tested = [p for p in found if p.p is not None]
     for paired, adjusted in zip(tested, holm([p.p for p in tested])):
         paired.p_holm = adjusted
-        if paired.standard_error is not None:
+        if paired.standard_error:  # 0: the two runs never differ on an example; nothing to scale a difference by
             paired.detectable = detectable_difference(paired.standard_error, alpha=ALPHA / len(tested))
     return found
 
@@ -155,8 +155,9 @@ def verdict(paired: list[Paired], reference: Reference, metric: str, fmt) -> lis
                 verb = "is" if len(groups[kind]) == 1 else "are"
                 parts.append(f"{listing([f'{p.name} ({p_words(p.p_holm)})' for p in groups[kind]])} {verb} {kind}")
         tests = listing(sorted({p.test for p in tested}))
+        comparisons = f"{len(tested)} comparison{'s' if len(tested) > 1 else ''}"
         found.append(f"On test {metric} over these {tested[0].examples:,} examples ({tests}; p-values corrected by "
-                     f"Holm's method over the {len(tested)} comparisons): {'; '.join(parts)}.")
+                     f"Holm's method over the {comparisons}): {'; '.join(parts)}.")
         undecided = [p for p in groups["cannot be told apart"] if p.detectable is not None]
         if undecided:
             largest = max(p.detectable for p in undecided)

@@ -17,11 +17,14 @@ Colors = dict[str, Any]
 """Row name -> its matplotlib color, the same in every plot."""
 
 
-def make_plots(results: Results) -> list[Image]:
-    """Every plot the runs have data for, in the order the report shows them."""
+def make_plots(results: Results, trials: dict[str, list[dict[str, Any]]] | None = None) -> list[Image]:
+    """Every plot the runs have data for, in the order the report shows them; ``trials``: a
+    tuned comparison's trials by method (tunelab.report.tuning)."""
     rows, metric = results.rows, results.pareto.metric
     plt = pyplot()
     colors = {row.name: plt.get_cmap("tab10")(i % 10) for i, row in enumerate(rows)}
+    for name in trials or {}:
+        colors.setdefault(name, plt.get_cmap("tab10")(len(colors) % 10))
     made = [
         ("validation_loss.png", "Validation loss per method", validation_loss(rows, colors)),
         ("pareto.png", pareto_caption(rows, metric), pareto(rows, results.pareto, colors)),
@@ -29,6 +32,8 @@ def make_plots(results: Results) -> list[Image]:
         ("memory_breakdown.png", "Memory breakdown per method", memory_breakdown(rows)),
     ]
     made += [(plot.file, plot.caption, scatter(rows, plot, colors)) for plot in task_scatters(rows)]
+    made.append(("tuning.png", "Validation objective of every trial against its learning rate (chosen: star; pruned: "
+                 "hollow, at its last validation)", tuning_curves(trials or {}, colors)))
     return [Image(file, title, png) for file, title, png in made if png is not None]
 
 
@@ -208,6 +213,35 @@ def scatter(rows: list[Row], plot, colors: Colors) -> bytes | None:
     ax.set_ylabel(plot.y_label)
     ax.set_title(plot.title)
     ax.grid(alpha=0.3)
+    return png(fig)
+
+
+def tuning_curves(trials: dict[str, list[dict[str, Any]]], colors: Colors) -> bytes | None:
+    """Each method's trials: the validation objective against the learning rate (log x)."""
+    from tunelab.tuning import chosen
+
+    tuned = {entry: records for entry, records in trials.items() if any("train.lr" in r["params"] for r in records)}
+    if not tuned:
+        return None
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.5))
+    for entry, records in tuned.items():
+        done = sorted((r["params"]["train.lr"], r["value"]) for r in records if r["state"] == "complete")
+        if done:
+            ax.plot(*zip(*done), marker="o", color=colors[entry], label=entry)
+        pruned = [(r["params"]["train.lr"], r["last_value"]) for r in records
+                  if r["state"] == "pruned" and r.get("last_value") is not None]
+        if pruned:
+            ax.plot(*zip(*pruned), "o", markerfacecolor="none", color=colors[entry])
+        best = chosen(records)
+        if best is not None:
+            ax.plot(best["params"]["train.lr"], best["value"], "*", markersize=14, color=colors[entry])
+    first = next(iter(tuned.values()))[0]
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"validation {first['metric']}")
+    ax.set_title("Tuning: every trial")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
     return png(fig)
 
 

@@ -4,7 +4,7 @@ The command checks the sweep config (:mod:`tunelab.sweep.space`), opens or conti
 study (:mod:`tunelab.sweep.study`), starts ``--workers`` worker processes that claim and run
 trials until the sweep has them all, shows progress (trial i of N, the best so far, time
 left), and writes the report (:mod:`tunelab.sweep.report`). Killed and run again with the same
-command, it keeps the finished trials and runs the interrupted one again.
+command, it keeps the finished trials and resumes the interrupted one from its last snapshot.
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ def run_sweep(config: str, trials: int | None = None, storage: str | None = None
     study = studies.open_study(space, studies.storage_for(storage, directory), text)
     directory.mkdir(parents=True, exist_ok=True)
     runs.atomic_write_text(directory / SWEEP_FILE, text)
-    recovered = studies.recover(study, directory)
+    recovered = studies.recover(study)
     if recovered:
-        print(f"trials {', '.join(map(str, recovered))} were interrupted; they run again", file=sys.stderr)
+        print(f"trials {', '.join(map(str, recovered))} were interrupted; they continue from their last snapshot",
+              file=sys.stderr)
     command = [sys.executable, "-m", "tunelab.sweep.worker", str(directory)] + (["--storage", storage] if storage else [])
     launcher = launcher or space.settings.launcher
     command += ["--launcher", launcher] if launcher else []

@@ -22,7 +22,7 @@ def reporter_from_env() -> Callable[[int, dict[str, Any]], bool] | None:
         return None
     import optuna
 
-    from tunelab.sweep.study import pruner_named, storage_for
+    from tunelab.study import pruner_named, storage_for
 
     where = json.loads(where)
     storage = storage_for(where["storage"], None) if where["storage"] else optuna.storages.JournalStorage(
