@@ -22,6 +22,7 @@ import errno
 import json
 import os
 import socket
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -44,11 +45,18 @@ def storage_for(url: str | None, directory: Path | None) -> optuna.storages.Base
         directory.mkdir(parents=True, exist_ok=True)
         backend = optuna.storages.journal.JournalFileBackend(str(directory / JOURNAL))
         return optuna.storages.JournalStorage(backend)
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as exc:  # noqa: BLE001 - any driver or connection error is the user's URL
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"--storage {url!r} cannot be opened: {first}") from None
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception as exc:  # noqa: BLE001 - any driver or connection error is the user's URL
+            # Two workers opening a new database at once both create Optuna's tables; the loser
+            # sees the winner's (a unique violation) and succeeds when it tries again.
+            if "duplicate key" in str(exc) or "already exists" in str(exc):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(f"--storage {url!r} cannot be opened: {first}") from None
+    return optuna.storages.RDBStorage(url)
 
 
 def sampler_named(name: str, seed: int, startup_trials: int = 10) -> optuna.samplers.BaseSampler:

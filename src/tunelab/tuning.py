@@ -55,7 +55,8 @@ class Tuning:
         """The search as one canonical text: a directory's study refuses a different one."""
         return json.dumps({"trials": self.settings.trials, "sampler": self.settings.sampler, "seed": self.settings.seed,
                            "metric": self.metric, "search": self.settings.search | search_of(self.space),
-                           "base": self.space.base}, sort_keys=True, default=str)
+                           "base": {k: v for k, v in self.space.base.items() if k != "output"}},  # machines' own dirs
+                          sort_keys=True, default=str)
 
     def trial_config(self, params: dict[str, Any], run_dir: Path) -> RunConfig:
         """A trial's run: validation only, the test split never evaluated."""
@@ -147,7 +148,9 @@ def spaced(rng: Range, count: int) -> list[float | int]:
         values = [math.exp(low + (high - low) * (i / (count - 1) if count > 1 else 0.5)) for i in range(count)]
     else:
         values = [rng.low + (rng.high - rng.low) * (i / (count - 1) if count > 1 else 0.5) for i in range(count)]
-    return [cast(rng, v) for v in values]
+    if count > 1:  # the ends exactly, not exp(log(x)) a rounding away from them
+        values[0], values[-1] = rng.low, rng.high
+    return [cast(rng, min(max(v, rng.low), rng.high)) for v in values]
 
 
 def random_points(space: Space, trials: int, seed: int) -> list[dict[str, Any]]:

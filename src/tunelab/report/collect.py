@@ -92,9 +92,7 @@ def collect(dirs: list[Path]) -> tuple[list[Run], list[Path], dict[str, str]]:
     unfinished: list[Path] = []
     configs: dict[str, str] = {}
     comparisons = [d for d in dirs if d.is_dir() and not _is_run_dir(d)]
-    texts = {(d / "compare.yaml").read_text(encoding="utf-8") if (d / "compare.yaml").is_file() else str(d)
-             for d in comparisons}
-    several = len(texts) > 1
+    several = len({_identity(d) for d in comparisons}) > 1
     seen: set[str] = set()
     for directory in dirs:
         if not directory.is_dir():
@@ -116,16 +114,25 @@ def collect(dirs: list[Path]) -> tuple[list[Run], list[Path], dict[str, str]]:
     return finished, unfinished, configs
 
 
+def _identity(directory: Path) -> str:
+    """What makes directories one comparison: the same compare.yaml but for its output directory
+    (each machine sharing a --storage writes its own); a directory without one is its own."""
+    compare_file = directory / "compare.yaml"
+    if not compare_file.is_file():
+        return str(directory)
+    config = yaml.safe_load(compare_file.read_text(encoding="utf-8")) or {}
+    return yaml.safe_dump({k: v for k, v in config.items() if k != "output"}, sort_keys=True)
+
+
 def _comparison_runs(directory: Path, configs: dict[str, str]) -> list[Path]:
     """The run directories of one comparison, in the order its compare.yaml lists the methods
     (by name where there is none); records that compare.yaml in ``configs``."""
     candidates = sorted(p for p in directory.iterdir() if p.is_dir() and _is_run_dir(p))
     compare_file = directory / "compare.yaml"
     if compare_file.is_file():
-        text = compare_file.read_text(encoding="utf-8")
-        if text not in configs.values():  # one comparison over several directories shows its config once
-            configs[str(directory)] = text
-        order = list((yaml.safe_load(configs[str(directory)]) or {}).get("methods") or {})
+        if all(_identity(Path(label)) != _identity(directory) for label in configs):  # one comparison: once
+            configs[str(directory)] = compare_file.read_text(encoding="utf-8")
+        order = list((yaml.safe_load(compare_file.read_text(encoding="utf-8")) or {}).get("methods") or {})
         rank = {name: i for i, name in enumerate(order)}
         candidates.sort(key=lambda p: (rank.get(SEED_SUFFIX.sub("", p.name), len(rank)), p.name))
     return candidates
