@@ -9,9 +9,9 @@ from tunelab.report import tuning
 from tunelab.report.budget import budget_differences, budget_line, budget_table
 from tunelab.report.collect import PREDICTIONS_FILE, Run
 from tunelab.report.document import Block, BulletList, Code, Document, Heading, Image, Paragraph, Table
-from tunelab.report.paired import Reference, paired_note, paired_table, paired_tests, reference_row, verdict
+from tunelab.report.paired import paired_note, paired_table, paired_tests, reference_row, verdict
 from tunelab.report.per_example import metric_of
-from tunelab.report.rows import FORMATS, Results, Row, distinct, examples_tested, table_cells
+from tunelab.report.rows import FORMATS, Results, distinct, examples_tested, table_cells
 
 MEMORY_NOTE = ("Counted for the first training batch of each run: weights (every parameter), gradients (one per "
                "trainable parameter), AdamW state (two moments per trainable parameter) and the activations "
