@@ -16,7 +16,6 @@ and its run resumes from its snapshot.
 
 from __future__ import annotations
 
-import argparse
 import socket
 import sys
 import time
@@ -289,24 +288,16 @@ def work(comparison: Comparison, bars: compare.Bars | None = None) -> dict[str, 
     return ran
 
 
+def work_in(directory: Path, storage: str | None, launcher: str | None) -> None:
+    """A worker of the comparison in ``directory`` (its compare.yaml says what it is)."""
+    cfg = compare.load_compare_config(directory / "compare.yaml")
+    cfg.launcher = launcher or cfg.launcher
+    work(Comparison(compare.plan(cfg, output=str(directory)), storage, prepare=False))
+
+
 def main(argv: list[str]) -> int:
     """``python -m tunelab.jobs DIR [--storage URL] [--launcher L]``: a worker of the comparison in DIR."""
-    parser = argparse.ArgumentParser(prog="python -m tunelab.jobs")
-    parser.add_argument("directory")
-    parser.add_argument("--storage")
-    parser.add_argument("--launcher")
-    args = parser.parse_args(argv)
-    try:
-        directory = Path(args.directory)
-        cfg = compare.load_compare_config(directory / "compare.yaml")
-        cfg.launcher = args.launcher or cfg.launcher
-        work(Comparison(compare.plan(cfg, output=str(directory)), args.storage, prepare=False))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return studies.worker_main("python -m tunelab.jobs", argv, work_in)
 
 
 if __name__ == "__main__":

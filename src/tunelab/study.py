@@ -161,3 +161,25 @@ def trial_environment(study: optuna.Study, trial: optuna.Trial, metric: str, pru
              "study": study.study_name, "trial_id": trial._trial_id, "metric": metric,
              "pruner": pruner, "pruner_startup_trials": startup_trials}
     return {**os.environ, "TUNELAB_TRIAL": json.dumps(where), "PYTHONUNBUFFERED": "1"}
+
+
+def worker_main(prog: str, argv: list[str], work: Callable[[Path, str | None, str | None], None]) -> int:
+    """The command line of a worker process, a sweep's or a comparison's: ``DIR [--storage URL]
+    [--launcher L]``; ``work(directory, storage, launcher)`` runs trials until none is left. Bad
+    input is one error line and exit 2, as everywhere."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("directory")
+    parser.add_argument("--storage")
+    parser.add_argument("--launcher")
+    args = parser.parse_args(argv)
+    try:
+        work(Path(args.directory), args.storage, args.launcher)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
