@@ -7,6 +7,7 @@ line with exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -321,6 +322,30 @@ def add_catalog_commands(sub) -> None:
     p.set_defaults(func=cmd_fetch)
 
 
+PATH_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
+               errno.ENAMETOOLONG, errno.EFBIG}
+"""OS errors that are about a path the user gave or a disk they control: one line, not a bug."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line: which file, what is wrong, and (for a full disk) which device and that the last
+    good files were kept (every file tunelab writes is written aside and renamed into place)."""
+    path = exc.filename or "a file"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (f"no space left on the device holding {path} (mounted at {mount_point(Path(str(path)))}) while "
+                f"writing it; free some space and run the same command again: the last good files are intact")
+    return f"{path}: {exc.strerror or exc}"
+
+
+def mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     from tunelab import plugins
 
@@ -334,6 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, extra)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in PATH_ERRORS:
+            raise
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; a started run continues with tunelab train --resume RUN_DIR, "

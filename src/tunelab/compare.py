@@ -83,7 +83,8 @@ def load_compare_config(path: str | Path | None, overrides: dict[str, Any] | Non
     if not path.is_file():
         hint = "" if path != DEFAULT_CONFIG else " (the default comparison ships with the repository's configs/)"
         raise UserError(f"comparison config not found: {path}{hint}")
-    raw = read_yaml_mapping(path, "model, data, task, train, eval, methods, seeds, output")
+    raw = read_yaml_mapping(path, "model, data, task, train, eval, methods, seeds, output",
+                            "run tunelab compare without --config for the default comparison")
     if quick:
         task = raw.get("task") if isinstance(raw.get("task"), dict) else {}
         name = task.get("name", TASKS.default)
@@ -228,7 +229,7 @@ def run_state(run: PlannedRun) -> str:
             raise UserError(f"{run.run_dir} holds a run made with {diff}; use another --output or remove that run")
     if (run.run_dir / "summary.json").is_file():
         return "done"
-    if config_file.is_file() and (run.run_dir / run_files.STATE).is_dir():
+    if config_file.is_file() and run_files.has_snapshot(run.run_dir):
         return "resume"
     return "restart"
 

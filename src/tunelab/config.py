@@ -232,12 +232,18 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any], replace_other_kinds
     return out
 
 
-def read_yaml_mapping(path: Path, sections: str) -> dict[str, Any]:
-    """A YAML file that must hold a mapping; anything else is one clear error line."""
+def read_yaml_mapping(path: Path, sections: str, defaults: str = "") -> dict[str, Any]:
+    """A YAML file that must hold a mapping; anything else (an empty file too: it would silently
+    mean every default) is one clear error line. ``defaults``: how to run the defaults instead."""
+    if path.is_dir():
+        raise UserError(f"config file {path} is a directory; give a YAML file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if raw is None or raw == {}:
+        raise UserError(f"config file {path} is empty; give its sections ({sections})"
+                        + (f", or {defaults}" if defaults else ""))
     if not isinstance(raw, dict):
         raise UserError(f"config file {path} must hold a mapping of sections ({sections})")
     return raw
@@ -248,9 +254,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"config file not found: {path}")
-        raw = read_yaml_mapping(path, "model, data, ...")
+        raw = read_yaml_mapping(path, "model, data, ...",
+                                "to train the built-in defaults (minilm-l6, rt-snippets, LoRA) run without --config")
     raw = deep_merge(raw, overrides or {})
     return validate_config(raw)
 

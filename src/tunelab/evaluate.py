@@ -22,11 +22,13 @@ def run_config(run_dir: Path):
     from tunelab.config import load_config
     from tunelab.errors import UserError
 
-    checkpoint = run_dir / runs.CHECKPOINT / "model.safetensors"
+    checkpoint = run_dir / runs.CHECKPOINT / runs.MODEL_FILE
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
     if not checkpoint.is_file():
         raise UserError(f"{run_dir} has no checkpoint yet ({checkpoint} is missing)")
+    for name in runs.checksums(run_dir):  # every file the run will be rebuilt from, before it is trusted
+        runs.verify(run_dir, name)
     return load_config(run_dir / "config.yaml")
 
 
@@ -47,7 +49,7 @@ def rebuild_run(run_dir: Path, data: dict[str, Any] | None = None, whole_data: b
         raise UserError(f"{run_dir} prompts with {cfg.task.shots} demonstrations drawn from the data's train split, "
                         "which --split all would evaluate too; use --split test")
     prepared = prepare(cfg, run_dir, whole_data)
-    load_trainable_state(prepared.model, runs.load_tensors(run_dir / runs.CHECKPOINT / "model.safetensors"))
+    load_trainable_state(prepared.model, runs.load_checked_tensors(run_dir, f"{runs.CHECKPOINT}/{runs.MODEL_FILE}"))
     return cfg, prepared
 
 

@@ -10,5 +10,6 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Strict(BaseModel):
-    # Unknown keys are errors: a typo in a YAML file must never be silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Unknown keys are errors: a typo in a YAML file must never be silently ignored. No float
+    # anywhere may be inf or nan (`--train.lr inf` would only fail a step into training).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)

@@ -76,6 +76,9 @@ class Summary:
     to summary.json under the task's name rather than as fields of every summary."""
     pruned: bool = False
     """A sweep's pruner stopped this trial at a validation (tunelab.sweep)."""
+    checksums: dict[str, str] | None = None
+    """sha256 of the files a later command trusts (the checkpoint's tensors, an LSTM's vocab.json),
+    by their path in the run directory; eval, predict, generate, export check them first."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys of a summary written by another tunelab version that this one does not know."""
 

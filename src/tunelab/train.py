@@ -351,7 +351,7 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
     """Test the best-validation checkpoint (not the last weights); write samples and the summary."""
     cfg, prepared, run_dir, task = loop.cfg, loop.prepared, loop.run_dir, loop.prepared.task
     load_trainable_state(loop.accelerator.unwrap_model(loop.model),
-                         runs.load_tensors(run_dir / runs.CHECKPOINT / "model.safetensors"))
+                         runs.load_checked_tensors(run_dir, f"{runs.CHECKPOINT}/{runs.MODEL_FILE}"))
     test, predictions, after = {}, None, {}
     if cfg.eval.test:  # off for a tuned comparison's trials: only its final runs ever see test
         test = task.evaluate(loop.model, loop.test_loader, loop.accelerator, prepared, "test")
@@ -370,7 +370,7 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         wall_time_s=time.perf_counter() - started,
         tokens_per_second=state.train_tokens / max(state.train_seconds, 1e-9),
         padding_fraction=1 - state.train_tokens / state.train_positions if state.train_positions else None,
-        pruned=state.pruned, task_results=after.get("results") or {},
+        pruned=state.pruned, task_results=after.get("results") or {}, checksums=runs.checksums(run_dir),
         dropped_examples=prepared.dropped,
         train_examples=len(prepared.splits["train"]), test_examples=len(prepared.splits["test"]),
         label_names=prepared.label_names, **peak_memory(loop.accelerator), memory=state.memory,

@@ -33,9 +33,10 @@ def train_target(args: argparse.Namespace, extra: list[str]):
             raise UserError(f"cannot resume {run_dir}: it has no config.yaml")
         if (run_dir / "summary.json").is_file():
             raise UserError(f"{run_dir} already finished (summary.json exists); nothing to resume")
-        return load_config(run_dir / "config.yaml"), run_dir, (run_dir / runs.STATE).is_dir()
+        return load_config(run_dir / "config.yaml"), run_dir, runs.has_snapshot(run_dir)
     cfg = load_config(args.config, overrides)
     run_dir = cfg.run_dir()
+    check_writable(run_dir)
     if cfg.output.dir is None:  # a default name never clobbers: runs/x, runs/x-2, runs/x-3 ...
         stem, n = run_dir, 1
         while run_dir.exists() and any(run_dir.iterdir()):
@@ -48,6 +49,21 @@ def train_target(args: argparse.Namespace, extra: list[str]):
             f"continue it with tunelab train --resume {run_dir}, or add --output.overwrite true"
         raise UserError(f"{run_dir} already holds a {'finished' if finished else 'started'} run; {hint}")
     return cfg, run_dir, False
+
+
+def check_writable(run_dir: Path) -> None:
+    """A run directory that can be made and written: not a file, not under one, not read-only."""
+    import os
+
+    for path in (run_dir, *run_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is" if path == run_dir else f"is under {path}, which is"
+                raise UserError(f"--output.dir {run_dir} {what} a file, not a directory; give a directory")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise UserError(f"--output.dir {run_dir}: cannot write in {path} (permission denied); "
+                                f"give a directory you can write")
+            return
 
 
 def train_from_cli(args: argparse.Namespace, extra: list[str]) -> int:
@@ -101,12 +117,13 @@ def start_run_directory(cfg, run_dir: Path, prepared, fresh: bool) -> None:
     from tunelab.config import to_yaml
 
     if fresh:
-        for name in ("metrics.jsonl", "summary.json", runs.CHECKPOINT, runs.STATE):
+        for name in ("metrics.jsonl", "summary.json", runs.CHECKPOINT, runs.STATE, runs.PREVIOUS_STATE, runs.CHECKSUMS):
             path = run_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         runs.atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
         for name, text in prepared.files.items():
             runs.atomic_write_text(run_dir / name, text)
+            runs.record_checksum(run_dir, name)
     counts = prepared.counts
     print(f"{cfg.method.name} on {cfg.model.name}: {counts.trainable:,} trainable of {counts.total:,} "
           f"parameters ({counts.trainable_percent:.3f}%), run directory {run_dir}", file=sys.stderr)

@@ -179,9 +179,8 @@ def read_local(path: Path) -> tuple[datasets.DatasetDict, dict[str, Path]]:
     if len(suffixes) != 1 or next(iter(suffixes)) not in LOCAL_BUILDERS:
         raise UserError(f"unsupported data file type {', '.join(sorted(suffixes))}; use one of {', '.join(LOCAL_BUILDERS)}")
     suffix = suffixes.pop()
-    if suffix != ".parquet":
-        for f in files.values():
-            _check_utf8(f)
+    for f in files.values():
+        _check_file(f, suffix)
     kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
     # A throwaway cache: reading a user's file must not leave anything outside the run directory.
     with tempfile.TemporaryDirectory(prefix="tunelab-data-") as tmp:
@@ -190,7 +189,32 @@ def read_local(path: Path) -> tuple[datasets.DatasetDict, dict[str, Path]]:
                                            cache_dir=tmp, keep_in_memory=True, **kwargs)
         except Exception as exc:  # the builders raise many types; the user needs one line
             raise UserError(f"could not read {path}: {_first_line(exc)}") from None
+    for split, dataset in loaded.items():
+        if len(dataset) == 0:
+            raise UserError(f"{files.get(split, path)} has no rows (a header, or nothing, but no data); give a file "
+                            f"with rows")
     return loaded, files
+
+
+def _check_file(path: Path, suffix: str) -> None:
+    """Before any reader sees it: a file that is empty, binary, or (a table) only a header is one
+    error line, not a reader's internal message."""
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty; give a file with rows")
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if suffix == ".parquet":
+        if not head.startswith(b"PAR1"):
+            raise UserError(f"{path} is not a parquet file (it does not start with PAR1)")
+        return
+    if b"\0" in head:
+        raise UserError(f"{path} is not a text file (it holds binary data); give a {suffix} text file")
+    _check_utf8(path)
+    if suffix in (".csv", ".tsv"):
+        with open(path, encoding="utf-8") as fh:
+            lines = [line for _, line in zip(range(2), (line for line in fh if line.strip()))]
+        if len(lines) < 2:
+            raise UserError(f"{path} has a header and no rows; give a file with rows")
 
 
 def _split_file(folder: Path, split: str) -> Path | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import UserError
+from tunelab.files import atomic_write_bytes, atomic_write_text
 from tunelab.report import sections, tuning
 from tunelab.report.collect import collect
 from tunelab.report.document import markdown_table, to_html, to_markdown
@@ -45,13 +46,13 @@ def write_report(dirs: list[Path], output: Path, failed: dict[str, str] | None =
     write_csv(output / "results.csv", found.rows, columns)
     write_runs_csv(output / "runs.csv", runs, columns)
     for plot in plots:
-        (output / plot.file).write_bytes(plot.png)
+        atomic_write_bytes(output / plot.file, plot.png)
     problems = sections.not_in_table(failed, unfinished)
     for name in elsewhere or []:
         problems.setdefault(name, "not here: another worker on the same --storage runs it; `tunelab report` with its "
                                   "directory too puts it in")
     doc = sections.build(runs, found, plots, dirs, problems, configs, trials)
-    (output / "report.md").write_text(to_markdown(doc), encoding="utf-8")
-    (output / "report.html").write_text(to_html(doc), encoding="utf-8")
+    atomic_write_text(output / "report.md", to_markdown(doc))
+    atomic_write_text(output / "report.html", to_html(doc))
     return {"markdown": output / "report.md", "html": output / "report.html", "csv": output / "results.csv",
             "table": markdown_table(sections.results_table(found))}

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from tunelab.errors import UserError
+from tunelab.files import read_json_lines
 from tunelab.summary import FILE as SUMMARY_FILE, Summary
 
 SEED_SUFFIX = re.compile(r"-seed\d+$")
@@ -53,8 +54,7 @@ def read_run(path: Path, name: str) -> Run | None:
 def _validation_records(metrics_file: Path) -> list[dict[str, Any]]:
     if not metrics_file.is_file():
         return []
-    records = (json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line.strip())
-    return [record for record in records if record.get("split") == "validation"]
+    return [record for record in read_json_lines(metrics_file) if record.get("split") == "validation"]
 
 
 def _records_by_id(predictions_file: Path) -> dict[int, dict[str, Any]] | None:

@@ -3,7 +3,6 @@ the cells as shown, the Pareto front, and results.csv / runs.csv with the raw va
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import statistics
@@ -11,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from tunelab import files
 from tunelab.report.collect import Run
 from tunelab.report.per_example import examples, metric_of
 from tunelab.report.stats import bootstrap_interval, wilson_interval
@@ -333,10 +333,7 @@ def write_runs_csv(path: Path, runs: list[Run], columns: list[Column]) -> None:
 
 
 def _write(path: Path, header: list[str], lines: Iterable[list[Any]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(lines)
+    files.write_csv(path, header, lines)
 
 
 def _raw(value: Any) -> Any:

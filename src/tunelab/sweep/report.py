@@ -10,7 +10,6 @@ the comparison report's document model (:mod:`tunelab.report.document`).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import statistics
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab import files
+from tunelab.files import atomic_write_bytes, atomic_write_text
 from tunelab.report.document import (BulletList, Code, Document, Heading, Image, Paragraph, Table, to_html,
                                      to_markdown)
 from tunelab.report.plots import png, pyplot
@@ -76,10 +77,10 @@ def write_sweep_report(directory: Path, study, space: Space) -> dict[str, Any]:
     for file in PLOT_FILES:  # a plot drawn by an earlier report and not now must not look current
         (directory / file).unlink(missing_ok=True)
     for plot in plots:
-        (directory / plot.file).write_bytes(plot.png)
+        atomic_write_bytes(directory / plot.file, plot.png)
     doc = build_document(sweep, space, plots, why_not, config_text(directory, study))
-    (directory / "sweep.md").write_text(to_markdown(doc), encoding="utf-8")
-    (directory / "sweep.html").write_text(to_html(doc), encoding="utf-8")
+    atomic_write_text(directory / "sweep.md", to_markdown(doc))
+    atomic_write_text(directory / "sweep.html", to_html(doc))
     return {"markdown": directory / "sweep.md", "html": directory / "sweep.html", "csv": directory / "trials.csv",
             "summary": summary_line(sweep, space)}
 
@@ -159,12 +160,9 @@ def write_trials_csv(path: Path, sweep: Sweep) -> None:
     """One row per trial, every state; values at full precision, empty where there is none."""
     header = ["number", "state", *sweep.keys, f"validation_{sweep.metric}", f"test_{sweep.primary}",
               "train_time_s", "wall_time_s", "run_dir"]
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        for r in sweep.rows:
-            cells = [*(r.params.get(k) for k in sweep.keys), r.value, r.test, r.train_time_s, r.wall_time_s]
-            writer.writerow([r.number, r.state, *map(raw_cell, cells), r.run_dir])
+    rows = [[r.number, r.state, *map(raw_cell, [*(r.params.get(k) for k in sweep.keys), r.value, r.test,
+                                                 r.train_time_s, r.wall_time_s]), r.run_dir] for r in sweep.rows]
+    files.write_csv(path, header, rows)
 
 
 def raw_cell(value: Any) -> Any:
