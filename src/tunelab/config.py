@@ -371,9 +371,12 @@ class TuneConfig(Strict):
     range: with an odd count the entry's own value is one of them), or lists whose product has
     ``trials`` points; random: the same seeded draws for every method; tpe: Optuna's TPE, each trial
     seeded by its index so that a resumed comparison asks the same trials."""
-    pruner: Literal["none", "median", "hyperband"] = "median"
-    """Stop a trial whose validation objective is worse than the median of the method's finished
-    trials at the same step (a pruned trial counts as one of the method's trials)."""
+    pruner: Literal["none", "median", "hyperband"] = "none"
+    """none: every trial runs its whole budget. median: stop a trial whose validation objective
+    is worse than the median of the method's finished trials at the same step (a pruned trial
+    counts as one of the method's trials). Measured on the default comparison, median pruning at
+    the first validation stopped BitFit's best learning rate, which starts slowly (docs/RESULTS.md):
+    with a few trials, pruning saves little time and can cost the method its best value."""
     pruner_startup_trials: int = Field(2, ge=0)
     metric: str | None = None
     """The validation metric the search optimises; None: the metric that picks each run's

@@ -58,7 +58,7 @@ def section(trials: Trials, configs: dict[str, str]) -> list[Block]:
     counts = {entry: sum(r["state"] in ("complete", "pruned") for r in records) for entry, records in trials.items()}
     same = len(set(counts.values())) == 1
     intro = (f"Every method got {settings.get('trials', max(counts.values()))} trials "
-             f"({settings.get('sampler', 'grid')} sampler, {settings.get('pruner', 'median')} pruner) of a search on the "
+             f"({settings.get('sampler', 'grid')} sampler, pruner {settings.get('pruner', 'none')}) of a search on the "
              f"validation split, by validation {first['metric']} ({'higher' if first['direction'] == 'maximize' else 'lower'}"
              f" is better); the best completed trial's values then ran with the comparison's seeds, and only those final "
              f"runs were evaluated on test.")
