@@ -19,9 +19,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (BertConfig, BertModel, BertTokenizerFast, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM, PreTrainedTokenizerFast)
-
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 WORDS = ("good great fine bad awful poor movie film plot actor story dull fun boring superb weak "
          "the a is was and but not very").split()
@@ -152,3 +159,26 @@ def tiny_causal_dir(tmp_path_factory) -> Path:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def rerecord_checksums(run_dir: Path) -> None:
+    """After a test changes a run's checkpoint or vocabulary on purpose (to see that a command
+    uses it), record the new files' sha256 where the run keeps them, as a fresh run would."""
+    from tunelab import runs
+
+    summary_file = run_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+    for name in runs.checksums(run_dir):
+        sha = runs.sha256_file(run_dir / name)
+        if name.startswith(runs.CHECKPOINT + "/"):
+            meta_file = run_dir / runs.CHECKPOINT / "meta.json"
+            meta = json.loads(meta_file.read_text())
+            meta["sha256"][name.split("/", 1)[1]] = sha
+            meta_file.write_text(json.dumps(meta))
+        else:
+            known = json.loads((run_dir / runs.CHECKSUMS).read_text())
+            (run_dir / runs.CHECKSUMS).write_text(json.dumps({**known, name: sha}))
+        if summary is not None and name in (summary.get("checksums") or {}):
+            summary["checksums"][name] = sha
+    if summary is not None:
+        summary_file.write_text(json.dumps(summary))

@@ -111,8 +111,11 @@ train: {lr: 1.0e-3, epochs: 3}
     assert cfg.train.lr == 1e-3 and cfg.train.epochs == 3 and cfg.train.batch_size == 32
 
 
-def test_empty_yaml_is_defaults(tmp_path):
-    assert load_config(write_yaml(tmp_path / "empty.yaml", "# nothing\n")) == RunConfig()
+def test_an_empty_yaml_is_refused_and_no_config_is_defaults(tmp_path):
+    # an empty file would silently train the defaults for minutes: refused, with how to get them
+    with pytest.raises(UserError, match="is empty; give its sections .* run without --config"):
+        load_config(write_yaml(tmp_path / "empty.yaml", "# nothing\n"))
+    assert load_config(None) == RunConfig()
 
 
 def test_override_beats_yaml(tmp_path):

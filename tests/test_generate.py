@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import WORDS, cli_args, rerecord_checksums, write_jsonl
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conftest import WORDS, cli_args, write_jsonl
 from tunelab import cli, generate, runs
 from tunelab.config import load_config, to_yaml, validate_config
 from tunelab.methods import apply_method
@@ -134,6 +134,7 @@ def test_run_directory_generates_with_its_method_and_checkpoint(method, causal_d
     checkpoint = run_dir / runs.CHECKPOINT / "model.safetensors"
     torch.manual_seed(0)
     runs.save_tensors(checkpoint, {k: v + torch.randn_like(v) for k, v in runs.load_tensors(checkpoint).items()})
+    rerecord_checksums(run_dir)  # changed on purpose: not a damaged file
     prompt = "the actor was very"
     results = run_json(capsys, [str(run_dir), "--prompt", prompt, "--max-new-tokens", "8"])
 

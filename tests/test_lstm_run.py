@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import cli_args
+from conftest import cli_args, rerecord_checksums
 from test_cli_bad_input import assert_one_line_error, isolated, run_cli  # noqa: F401 (fixtures)
+
 from tunelab import cli, runs
 from tunelab.build import prepare
 from tunelab.config import load_config
@@ -69,6 +69,7 @@ def test_eval_reads_the_saved_vocabulary(lstm_run):
     saved = Vocabulary.from_json((lstm_run / VOCAB_FILE).read_text(encoding="utf-8"))
     reordered = Vocabulary(saved.itos[:2] + saved.itos[:1:-1], saved.stop_words)  # same words, other ids
     (lstm_run / VOCAB_FILE).write_text(reordered.to_json(), encoding="utf-8")
+    rerecord_checksums(lstm_run)  # changed on purpose: not a damaged file
     _, prepared = rebuild_run(lstm_run)
     assert prepared.tokenizer == reordered
 

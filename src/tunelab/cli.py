@@ -107,8 +107,9 @@ def cmd_params(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
-    from tunelab import compare
-    from tunelab.config import TuneConfig, parse_overrides
+    from tunelab import compare, jobs
+    from tunelab.compare_config import TuneConfig
+    from tunelab.config import parse_overrides
 
     cfg = compare.load_compare_config(args.config, parse_overrides(extra), quick=args.quick)
     if args.launcher:
@@ -116,8 +117,8 @@ def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     if args.tune and cfg.tune is None:
         cfg.tune = TuneConfig()
     plan = compare.plan(cfg, methods=args.methods, seeds=args.seeds, output=args.output, quick=args.quick)
-    outcome, written = compare.run_comparison(plan, progress=not args.no_progress, workers=args.workers,
-                                              storage=args.storage)
+    outcome, written = jobs.run_comparison(plan, progress=not args.no_progress, workers=args.workers,
+                                           storage=args.storage)
     print(written["table"])
     print(f"report: {written['html']} (and report.md, results.csv, plots)")
     failed = [k for k, v in outcome.items() if v.startswith("failed")]
@@ -337,6 +338,14 @@ def describe_os_error(exc: OSError) -> str:
     return f"{path}: {exc.strerror or exc}"
 
 
+def close_progress_bars() -> None:
+    """A bar left open by an error would share its line with the error line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+
+
 def mount_point(path: Path) -> Path:
     path = path.resolve()
     while not path.exists() and path != path.parent:
@@ -358,11 +367,13 @@ def main(argv: list[str] | None = None) -> int:
             _quiet_libraries()
         return args.func(args, extra)
     except UserError as exc:
+        close_progress_bars()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno not in PATH_ERRORS:
             raise
+        close_progress_bars()
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

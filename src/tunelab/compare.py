@@ -25,8 +25,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tunelab.config import (CompareConfig, RunConfig, deep_merge, describe_validation_error, load_config, read_yaml_mapping,
-                            to_yaml, validate_config)
+from tunelab.compare_config import CompareConfig
+from tunelab.config import (
+    RunConfig,
+    deep_merge,
+    describe_validation_error,
+    load_config,
+    read_yaml_mapping,
+    to_yaml,
+    validate_config,
+)
 from tunelab.errors import UserError
 from tunelab.launch import die_with_parent, tunelab_command
 from tunelab.methods import METHODS
@@ -328,99 +336,6 @@ def run_one(plan: Plan, run: PlannedRun, state: str, bars: Bars | None, key: str
     line = last_error_line(log_file)
     tqdm.write(f"{key} failed after {time.perf_counter() - started:.0f}s (exit {code}): {line}", file=sys.stderr)
     return f"failed: {line}"
-
-
-def run_comparison(plan: Plan, progress: bool = True, workers: int = 1,
-                   storage: str | None = None) -> tuple[dict[str, str], dict[str, Any]]:
-    """Run every planned run not yet finished (and, tuned, every method's trials first); then
-    write the report.
-
-    The runs are the trials of the comparison's studies (:mod:`tunelab.jobs`): in the directory's
-    journal, or at ``storage`` (a database URL several machines share). ``workers`` local
-    processes claim them, each run in its own training process.
-
-    Returns run directory name -> `done`, `failed: <last error line>` or `not run` (left to
-    another machine), and what :func:`tunelab.report.write_report` returns.
-    """
-    from filelock import FileLock, Timeout
-
-    from tunelab import jobs, report, runs as run_files
-
-    if not 1 <= workers <= 64:
-        raise UserError(f"--workers must be between 1 and 64 (got {workers})")
-    check_directory(plan)
-    plan.directory.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = FileLock(str(plan.directory / ".compare.lock"), timeout=0)
-        lock.acquire()
-    except Timeout:
-        raise UserError(f"another tunelab compare is writing {plan.directory}; wait for it to finish or pick "
-                        f"another --output") from None
-    try:
-        for run in plan.runs:
-            if plan.config.tune is None:
-                run_state(run)  # refuses runs made with another config before anything starts
-        comparison = jobs.Comparison(plan, storage)
-        run_files.atomic_write_text(plan.directory / "compare.yaml", compare_yaml(plan.config))
-        (plan.directory / "configs").mkdir(exist_ok=True)
-        (plan.directory / "logs").mkdir(exist_ok=True)
-        ended, total = comparison.counts()
-        bars = Bars(total, progress)
-        bars.runs.update(ended)
-        if workers == 1:
-            jobs.work(comparison, bars)
-        else:
-            run_workers(comparison, workers, storage, bars)
-        bars.close()
-        outcome = comparison.outcome()
-        failed = {k: v for k, v in outcome.items() if v.startswith("failed")}
-        if failed and len(failed) == len(outcome):
-            first = next(iter(failed.items()))
-            raise UserError(f"every run failed; {first[0]}: {first[1].removeprefix('failed: ')}")
-        finals = {run.run_dir.name: outcome.get(run.run_dir.name, "not run") for run in plan.runs}
-        return outcome, report.write_report([plan.directory], plan.directory, failed=failed,
-                                            elsewhere=[k for k, v in finals.items() if v == "not run"])
-    finally:
-        lock.release()
-
-
-def check_directory(plan: Plan) -> None:
-    """A tuned comparison never shares a directory with an untuned one (or the other way round):
-    their runs of one method differ in what chose the learning rate."""
-    existing = plan.directory / "compare.yaml"
-    if not existing.is_file():
-        return
-    try:
-        before = yaml.safe_load(existing.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        return
-    tuned_before = bool(isinstance(before, dict) and before.get("tune"))
-    if tuned_before != (plan.config.tune is not None):
-        kind = "a tuned" if tuned_before else "an untuned"
-        raise UserError(f"{plan.directory} holds {kind} comparison; a {'tuned' if not tuned_before else 'untuned'} one "
-                        f"needs its own directory: give --output {plan.directory}-{'tuned' if not tuned_before else 'untuned'}")
-
-
-def run_workers(comparison, workers: int, storage: str | None, bars: Bars) -> None:
-    """``workers`` processes of ``python -m tunelab.jobs`` on the comparison; progress until all end."""
-    command = [sys.executable, "-m", "tunelab.jobs", str(comparison.plan.directory)]
-    command += ["--storage", storage] if storage else []
-    command += ["--launcher", comparison.plan.config.launcher] if comparison.plan.config.launcher else []
-    linux = sys.platform.startswith("linux")
-    procs = [subprocess.Popen(command, preexec_fn=die_with_parent if linux else None) for _ in range(workers)]
-    try:
-        while any(proc.poll() is None for proc in procs):
-            time.sleep(2)
-            bars.runs.n = comparison.counts()[0]
-            bars.runs.refresh()
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    failed = [proc.returncode for proc in procs if proc.returncode not in (0, None)]
-    if failed:
-        raise UserError(f"{len(failed)} worker(s) stopped with an error (exit {failed[0]}); see the logs/ of "
-                        f"{comparison.plan.directory}")
 
 
 def compare_yaml(cfg: CompareConfig) -> str:

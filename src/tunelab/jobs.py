@@ -17,6 +17,7 @@ and its run resumes from its snapshot.
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -24,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from tunelab import compare, runs, study as studies
+from tunelab import compare
+from tunelab import study as studies
 from tunelab.errors import UserError
-from tunelab.tuning import TRIAL_FILE, TUNE_DIR, Tuning, decode, tuning_for
+from tunelab.launch import die_with_parent
+from tunelab.tuning import TUNE_DIR, Tuning, decode, tuning_for, write_trial
 
 POLL_SECONDS = 2.0
 """How often a worker looks again when what is left waits for runs of other workers."""
@@ -169,9 +173,7 @@ class Comparison:
         tuning = entry.tuning
         entry.tune.sampler = studies.sampler_named(tuning.settings.sampler, tuning.settings.seed + job.index,
                                                    startup_trials=max(2, tuning.settings.trials // 2))
-        from tunelab.sweep.study import suggest  # fixed values of a grid or random point, else TPE's
-
-        params = decode(tuning.space, suggest(job.trial, tuning.space))
+        params = decode(tuning.space, tuning.space.suggest(job.trial))  # a grid's or random point's, else TPE's
         run_dir = self.plan.directory / TUNE_DIR / entry.name / trial_name(job.index)
         job.trial.set_user_attr("run_dir", str(run_dir))
         cfg = tuning.trial_config(params, run_dir)
@@ -215,7 +217,7 @@ class Comparison:
             metric = job.entry.tuning.metric if job.kind == "tune" else summary.select_metric
             study.tell(job.trial, summary.validation.get(metric))
         if job.kind == "tune":
-            write_trial(job, planned.run_dir, study)
+            write_trial(planned.run_dir, job.entry.tuning, job.index, study._storage.get_trial(job.trial._trial_id))
         return outcome
 
     def outcome(self) -> dict[str, str]:
@@ -265,27 +267,116 @@ def read_summary(run_dir: Path):
     return Summary.read(run_dir) if (run_dir / FILE).is_file() else None
 
 
-def write_trial(job: Job, run_dir: Path, study: optuna.Study) -> None:
-    """What the report needs of a trial, in its run directory: values, objective, state."""
-    frozen = study._storage.get_trial(job.trial._trial_id)
-    tuning = job.entry.tuning
-    run_dir.mkdir(parents=True, exist_ok=True)
-    runs.write_json(run_dir / TRIAL_FILE, {
-        "entry": job.entry.name, "index": job.index, "params": decode(tuning.space, frozen.params),
-        "state": frozen.state.name.lower(), "value": frozen.value, "metric": tuning.metric,
-        "direction": tuning.direction, "steps": max(frozen.intermediate_values, default=None),
-        "last_value": frozen.intermediate_values[max(frozen.intermediate_values)] if frozen.intermediate_values else None,
-        "ranges": {key: rng.model_dump() for key, rng in tuning.space.ranges.items()}})
-
-
 def work(comparison: Comparison, bars: compare.Bars | None = None) -> dict[str, str]:
     """One worker: claim and run jobs until nothing of the plan is left; what it ran."""
     ran = {}
     while (job := comparison.next_job()) is not None:
-        ran[job.key] = comparison.run(job, bars)
+        try:
+            ran[job.key] = comparison.run(job, bars)
+        except BaseException:  # an error or an interrupt: the job goes back for the next command
+            studies.release(job.trial)
+            raise
         if bars is not None:
             bars.runs.update(1)
     return ran
+
+
+# --------------------------------------------------------------------------------------------
+# The command: one directory, its lock, its workers, its report
+
+
+def run_comparison(plan: compare.Plan, progress: bool = True, workers: int = 1,
+                   storage: str | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+    """Run every planned run not yet finished (and, tuned, every method's trials first); then
+    write the report.
+
+    The runs are the trials of the comparison's studies: in the directory's
+    journal, or at ``storage`` (a database URL several machines share). ``workers`` local
+    processes claim them, each run in its own training process.
+
+    Returns run directory name -> `done`, `failed: <last error line>` or `not run` (left to
+    another machine), and what :func:`tunelab.report.write_report` returns.
+    """
+    from filelock import FileLock, Timeout
+
+    from tunelab import report
+    from tunelab import runs as run_files
+
+    if not 1 <= workers <= 64:
+        raise UserError(f"--workers must be between 1 and 64 (got {workers})")
+    check_directory(plan)
+    plan.directory.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = FileLock(str(plan.directory / ".compare.lock"), timeout=0)
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"another tunelab compare is writing {plan.directory}; wait for it to finish or pick "
+                        f"another --output") from None
+    try:
+        for run in plan.runs:
+            if plan.config.tune is None:
+                compare.run_state(run)  # refuses runs made with another config before anything starts
+        comparison = Comparison(plan, storage)
+        run_files.atomic_write_text(plan.directory / "compare.yaml", compare.compare_yaml(plan.config))
+        (plan.directory / "configs").mkdir(exist_ok=True)
+        (plan.directory / "logs").mkdir(exist_ok=True)
+        ended, total = comparison.counts()
+        bars = compare.Bars(total, progress)
+        bars.runs.update(ended)
+        if workers == 1:
+            work(comparison, bars)
+        else:
+            run_workers(comparison, workers, storage, bars)
+        bars.close()
+        outcome = comparison.outcome()
+        failed = {k: v for k, v in outcome.items() if v.startswith("failed")}
+        if failed and len(failed) == len(outcome):
+            first = next(iter(failed.items()))
+            raise UserError(f"every run failed; {first[0]}: {first[1].removeprefix('failed: ')}")
+        finals = {run.run_dir.name: outcome.get(run.run_dir.name, "not run") for run in plan.runs}
+        return outcome, report.write_report([plan.directory], plan.directory, failed=failed,
+                                            elsewhere=[k for k, v in finals.items() if v == "not run"])
+    finally:
+        lock.release()
+
+
+def check_directory(plan: compare.Plan) -> None:
+    """A tuned comparison never shares a directory with an untuned one (or the other way round):
+    their runs of one method differ in what chose the learning rate."""
+    existing = plan.directory / "compare.yaml"
+    if not existing.is_file():
+        return
+    try:
+        before = yaml.safe_load(existing.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return
+    tuned_before = bool(isinstance(before, dict) and before.get("tune"))
+    if tuned_before != (plan.config.tune is not None):
+        kind = "a tuned" if tuned_before else "an untuned"
+        raise UserError(f"{plan.directory} holds {kind} comparison; a {'tuned' if not tuned_before else 'untuned'} one "
+                        f"needs its own directory: give --output {plan.directory}-{'tuned' if not tuned_before else 'untuned'}")
+
+
+def run_workers(comparison: Comparison, workers: int, storage: str | None, bars: compare.Bars) -> None:
+    """``workers`` processes of ``python -m tunelab.jobs`` on the comparison; progress until all end."""
+    command = [sys.executable, "-m", "tunelab.jobs", str(comparison.plan.directory)]
+    command += ["--storage", storage] if storage else []
+    command += ["--launcher", comparison.plan.config.launcher] if comparison.plan.config.launcher else []
+    linux = sys.platform.startswith("linux")
+    procs = [subprocess.Popen(command, preexec_fn=die_with_parent if linux else None) for _ in range(workers)]
+    try:
+        while any(proc.poll() is None for proc in procs):
+            time.sleep(2)
+            bars.runs.n = comparison.counts()[0]
+            bars.runs.refresh()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    failed = [proc.returncode for proc in procs if proc.returncode not in (0, None)]
+    if failed:
+        raise UserError(f"{len(failed)} worker(s) stopped with an error (exit {failed[0]}); see the logs/ of "
+                        f"{comparison.plan.directory}")
 
 
 def work_in(directory: Path, storage: str | None, launcher: str | None) -> None:

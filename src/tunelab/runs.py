@@ -8,6 +8,8 @@ Every file is written to a temporary name and renamed, so a kill never leaves ha
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -42,11 +44,23 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     # Clones make tied or strided tensors plain, which safetensors requires.
-    try:
+    with written_aside(tmp):
         save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def written_aside(tmp: Path):
+    """A file written by a library (safetensors, torch.save) under a temporary name: removed if the
+    write fails, and a full disk reported as the OSError it is (the libraries raise their own
+    error types with the OS error in the text)."""
+    try:
+        yield
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if not isinstance(exc, OSError) and ("No space left" in str(exc) or "write failed" in str(exc)) \
+                and shutil.disk_usage(tmp.parent).free < 1 << 20:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp)) from exc
         raise
 
 
@@ -57,12 +71,22 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """The best checkpoint, with its tensors' sha256 in meta.json, swapped in whole (a kill or a
     full disk halfway leaves the previous checkpoint as it was)."""
-    tmp = run_dir / (CHECKPOINT + ".tmp")
+    with folder_aside(run_dir / (CHECKPOINT + ".tmp")) as tmp:
+        save_tensors(tmp / MODEL_FILE, tensors)
+        write_json(tmp / "meta.json", {**meta, "sha256": {MODEL_FILE: sha256_file(tmp / MODEL_FILE)}})
+        swap_in(tmp, run_dir / CHECKPOINT)
+
+
+@contextlib.contextmanager
+def folder_aside(tmp: Path):
+    """A fresh temporary folder to fill and swap in; gone again if anything fails on the way."""
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_tensors(tmp / MODEL_FILE, tensors)
-    write_json(tmp / "meta.json", {**meta, "sha256": {MODEL_FILE: sha256_file(tmp / MODEL_FILE)}})
-    swap_in(tmp, run_dir / CHECKPOINT)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def swap_in(tmp: Path, folder: Path, keep: Path | None = None) -> None:
@@ -71,7 +95,12 @@ def swap_in(tmp: Path, folder: Path, keep: Path | None = None) -> None:
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         os.replace(folder, old)
-    os.replace(tmp, folder)
+    try:
+        os.replace(tmp, folder)
+    except BaseException:
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)  # the previous one back in its place
+        raise
     if keep is None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -139,22 +168,22 @@ def save_state(run_dir: Path, tensors: dict[str, torch.Tensor], optimizer, sched
     """A complete snapshot to resume from. Written to state.tmp/, then swapped in whole.
     ``process_rngs``: every process's torch generator state (by process index), so that each
     process of a multi-process run draws its own dropout masks again after a resume."""
-    tmp = run_dir / (STATE + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_tensors(tmp / "model.safetensors", tensors)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
-    rng = {"torch": torch.get_rng_state()}
-    rng.update({f"process{i}": state for i, state in enumerate(process_rngs or [])})
-    if torch.cuda.is_available():
-        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(rng, str(tmp / "rng.safetensors"))
-    py_state = random.getstate()
-    np_state = np.random.get_state()
-    write_json(tmp / "progress.json", {**progress, "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
-                                       "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]})
-    write_json(tmp / CHECKSUMS, {p.name: sha256_file(p) for p in sorted(tmp.iterdir())})
-    swap_in(tmp, run_dir / STATE, keep=run_dir / PREVIOUS_STATE)
+    with folder_aside(run_dir / (STATE + ".tmp")) as tmp:
+        save_tensors(tmp / "model.safetensors", tensors)
+        with written_aside(tmp / "optim.pt"):
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        rng = {"torch": torch.get_rng_state()}
+        rng.update({f"process{i}": state for i, state in enumerate(process_rngs or [])})
+        if torch.cuda.is_available():
+            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        with written_aside(tmp / "rng.safetensors"):
+            save_file(rng, str(tmp / "rng.safetensors"))
+        py_state = random.getstate()
+        np_state = np.random.get_state()
+        write_json(tmp / "progress.json", {**progress, "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
+                                           "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]})
+        write_json(tmp / CHECKSUMS, {p.name: sha256_file(p) for p in sorted(tmp.iterdir())})
+        swap_in(tmp, run_dir / STATE, keep=run_dir / PREVIOUS_STATE)
 
 
 def damaged_in(folder: Path) -> str | None:

@@ -142,6 +142,15 @@ def is_locked(run_dir: Path) -> bool:
         return True
 
 
+def release(trial: optuna.Trial) -> None:
+    """Put a trial this worker cannot finish (an error, an interrupt) back to waiting, as
+    :func:`recover` would once the worker is gone; a trial already ended stays as it is."""
+    try:
+        trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+    except Exception:  # noqa: BLE001 - it ended meanwhile (told), or the storage is gone: nothing to put back
+        pass
+
+
 def recover(study: optuna.Study) -> list[int]:
     """Trials left running by a worker of this host that has died go back to waiting, with
     their parameters and run directory: the next worker resumes them. Their numbers."""

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.config import CompareConfig, RunConfig, TuneConfig
+from tunelab.compare_config import CompareConfig, TuneConfig
+from tunelab.config import RunConfig
 from tunelab.errors import UserError
 from tunelab.sweep.space import Objective, Range, Space, SweepSettings, build_space, cast
 from tunelab.tasks import select_metric
@@ -183,7 +184,23 @@ def decode(space: Space, params: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# What the report reads back
+# What a trial leaves for the report, and what the report reads back
+
+
+def write_trial(run_dir: Path, tuning: Tuning, index: int, frozen) -> None:
+    """A trial's values, objective and state (``frozen``: its Optuna FrozenTrial), in its run
+    directory: the report is rebuilt from run directories alone."""
+    from tunelab.files import write_json
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = max(frozen.intermediate_values, default=None)
+    write_json(run_dir / TRIAL_FILE, {
+        "entry": tuning.entry, "index": index, "params": decode(tuning.space, frozen.params),
+        "state": frozen.state.name.lower(), "value": frozen.value, "metric": tuning.metric,
+        "direction": tuning.direction, "steps": last,
+        "last_value": frozen.intermediate_values[last] if last is not None else None,
+        "ranges": {key: rng.model_dump() for key, rng in tuning.space.ranges.items()}})
+
 
 
 def read_trials(directory: Path) -> dict[str, list[dict[str, Any]]]:

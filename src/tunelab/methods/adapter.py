@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from tunelab.methods.options import AdapterMethod
-from tunelab.models.families import Family
 from tunelab.errors import UserError
 from tunelab.methods.common import AdapterModule, freeze, module_ids, replace_module, task_head, unfreeze
+from tunelab.methods.options import AdapterMethod
+from tunelab.models.families import Family
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tunelab.methods.common import AdapterModule, freeze, module_ids, task_head, unfreeze
 from tunelab.methods.options import BitFitMethod
 from tunelab.models.families import Family
-from tunelab.methods.common import AdapterModule, freeze, module_ids, task_head, unfreeze
 
 
 class PretrainedBiases(AdapterModule):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunelab.methods.options import HeadMethod
-from tunelab.models.families import Family, transformer_blocks
 from tunelab.errors import UserError
 from tunelab.methods.common import freeze, output_head, unfreeze
+from tunelab.methods.options import HeadMethod
+from tunelab.models.families import Family, transformer_blocks
 
 
 def apply(model: nn.Module, cfg: HeadMethod, family: Family | None, tokenizer=None) -> None:

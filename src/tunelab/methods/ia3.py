@@ -15,11 +15,10 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from tunelab.methods.options import IA3Method
-from tunelab.models.families import Family
 from tunelab.errors import UserError
 from tunelab.methods.common import AdapterModule, freeze, module_ids, replace_module, task_head, unfreeze
-
+from tunelab.methods.options import IA3Method
+from tunelab.models.families import Family
 
 
 def targets(family: Family) -> list[tuple[str, str | tuple[bool, ...]]]:

@@ -17,11 +17,10 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from tunelab.methods.options import LoRAMethod
-from tunelab.models.families import FUSED_SLICES, Family
 from tunelab.errors import UserError
 from tunelab.methods.common import AdapterModule, freeze, module_ids, replace_module, task_head, unfreeze
-
+from tunelab.methods.options import LoRAMethod
+from tunelab.models.families import FUSED_SLICES, Family
 
 
 class LoRALayer(AdapterModule):

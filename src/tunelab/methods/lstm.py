@@ -22,7 +22,7 @@ from tunelab.methods.common import count_parameters
 from tunelab.methods.options import LSTMMethod
 from tunelab.models.families import Family
 from tunelab.models.lstm import LSTMClassifier
-from tunelab.tasks import Prepared, TASKS
+from tunelab.tasks import TASKS, Prepared
 
 
 def apply(model: nn.Module, cfg: LSTMMethod, family: Family | None, tokenizer=None) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from tunelab.methods.common import freeze
 from tunelab.methods.options import NoMethod
 from tunelab.models.families import Family
-from tunelab.methods.common import freeze
 
 
 def apply(model: nn.Module, cfg: NoMethod, family: Family | None, tokenizer=None) -> None:

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from tunelab.methods.options import PrefixMethod
-from tunelab.models.families import CACHE_ARGUMENT_NAMES, Family, cache_argument, key_value_shape, transformer_body
 from tunelab.methods.common import AdapterModule, freeze, task_head, unfreeze
+from tunelab.methods.options import PrefixMethod
 from tunelab.methods.virtual_tokens import account_for_virtual_tokens, cache_in_use, require_argument, take_cache
+from tunelab.models.families import CACHE_ARGUMENT_NAMES, Family, cache_argument, key_value_shape, transformer_body
 
 
 class PrefixMLP(nn.Module):

@@ -12,11 +12,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunelab.methods.options import PromptMethod
-from tunelab.models.families import Family, cache_argument, transformer_body
 from tunelab.errors import UserError
 from tunelab.methods.common import AdapterModule, freeze, task_head, unfreeze
-from tunelab.methods.virtual_tokens import account_for_virtual_tokens, cache_in_use, require_argument, take_cache, take_input
+from tunelab.methods.options import PromptMethod
+from tunelab.methods.virtual_tokens import (
+    account_for_virtual_tokens,
+    cache_in_use,
+    require_argument,
+    take_cache,
+    take_input,
+)
+from tunelab.models.families import Family, cache_argument, transformer_body
 
 
 class SoftPrompt(AdapterModule):

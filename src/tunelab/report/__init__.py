@@ -18,11 +18,12 @@ from typing import Any
 
 from tunelab.errors import UserError
 from tunelab.files import atomic_write_bytes, atomic_write_text
-from tunelab.report import sections, tuning
+from tunelab.report import sections
 from tunelab.report.collect import collect
 from tunelab.report.document import markdown_table, to_html, to_markdown
 from tunelab.report.plots import make_plots
 from tunelab.report.rows import pareto_front, results, write_csv, write_runs_csv
+from tunelab.report.tuning import collect_trials
 
 __all__ = ["write_report", "pareto_front"]
 
@@ -39,7 +40,7 @@ def write_report(dirs: list[Path], output: Path, failed: dict[str, str] | None =
     if not runs:
         raise UserError(f"no finished runs (directories with summary.json) in {', '.join(str(d) for d in dirs)}")
     found = results(runs)
-    trials = tuning.collect_trials([Path(d) for d in dirs])
+    trials = collect_trials([Path(d) for d in dirs])
     plots = make_plots(found, trials)  # before anything is written: a plot that fails leaves no half report
     output.mkdir(parents=True, exist_ok=True)
     columns = found.columns + found.memory_columns

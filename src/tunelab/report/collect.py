@@ -12,7 +12,8 @@ import yaml
 
 from tunelab.errors import UserError
 from tunelab.files import read_json_lines
-from tunelab.summary import FILE as SUMMARY_FILE, Summary
+from tunelab.summary import FILE as SUMMARY_FILE
+from tunelab.summary import Summary
 
 SEED_SUFFIX = re.compile(r"-seed\d+$")
 PREDICTIONS_FILE = "predictions.jsonl"

@@ -21,8 +21,14 @@ from tunelab.report.collect import PREDICTIONS_FILE, Run
 from tunelab.report.document import listing
 from tunelab.report.per_example import examples, metric_of
 from tunelab.report.rows import EMPTY, Row
-from tunelab.report.stats import (detectable_difference, discordant, holm, mcnemar_exact, mcnemar_standard_error,
-                                  paired_bootstrap)
+from tunelab.report.stats import (
+    detectable_difference,
+    discordant,
+    holm,
+    mcnemar_exact,
+    mcnemar_standard_error,
+    paired_bootstrap,
+)
 
 ALPHA = 0.05
 """Below this corrected p-value a method counts as told apart from the reference."""

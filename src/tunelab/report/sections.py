@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab.report import tuning
 from tunelab.report.budget import budget_differences, budget_line, budget_table
 from tunelab.report.collect import PREDICTIONS_FILE, Run
 from tunelab.report.document import Block, BulletList, Code, Document, Heading, Image, Paragraph, Table
 from tunelab.report.paired import paired_note, paired_table, paired_tests, reference_row, verdict
 from tunelab.report.per_example import metric_of
 from tunelab.report.rows import FORMATS, Results, distinct, examples_tested, table_cells
+from tunelab.report.tuning import Trials, untuned_note
+from tunelab.report.tuning import section as tuning_section
 
 MEMORY_NOTE = ("Counted for the first training batch of each run: weights (every parameter), gradients (one per "
                "trainable parameter), AdamW state (two moments per trainable parameter) and the activations "
@@ -20,7 +21,7 @@ MEMORY_NOTE = ("Counted for the first training batch of each run: weights (every
 
 
 def build(runs: list[Run], results: Results, plots: list[Image], dirs: list[Path],
-          problems: dict[str, str], configs: dict[str, str], trials: tuning.Trials | None = None) -> Document:
+          problems: dict[str, str], configs: dict[str, str], trials: Trials | None = None) -> Document:
     """The whole report; ``problems`` are the runs not in the table (name -> why); ``trials``
     a tuned comparison's trials by method."""
     title = f"Comparison: {distinct([r.summary.model for r in runs])} on {distinct([r.summary.data for r in runs])}"
@@ -28,10 +29,10 @@ def build(runs: list[Run], results: Results, plots: list[Image], dirs: list[Path
              f"Every number is read from the runs' `summary.json` (curves from `metrics.jsonl`, paired tests from "
              f"`{PREDICTIONS_FILE}`); a row with several seeds shows mean ± sample standard deviation.")
     differs = budget_differences(results.rows)
-    untuned = tuning.untuned_note(configs)
+    untuned = untuned_note(configs)
     blocks = [Paragraph(intro), Paragraph(f"Budget: {budget_line(runs)}."), *([Paragraph(differs)] if differs else []),
               *results_section(results), *([Paragraph(untuned)] if untuned else []),
-              *tuning.section(trials or {}, configs),
+              *tuning_section(trials or {}, configs),
               Heading("Budget per method"), budget_table(results.rows)]
     if results.memory_columns:
         blocks += [Heading("Memory of one training step"),

@@ -20,10 +20,10 @@ from typing import Any
 
 from tunelab import files
 from tunelab.files import atomic_write_bytes, atomic_write_text
-from tunelab.report.document import (BulletList, Code, Document, Heading, Image, Paragraph, Table, to_html,
-                                     to_markdown)
+from tunelab.report.document import BulletList, Code, Document, Heading, Image, Paragraph, Table, to_html, to_markdown
 from tunelab.report.plots import png, pyplot
-from tunelab.summary import FILE as SUMMARY_FILE, Summary
+from tunelab.summary import FILE as SUMMARY_FILE
+from tunelab.summary import Summary
 from tunelab.sweep.space import Space, evaluate
 from tunelab.sweep.study import encode
 

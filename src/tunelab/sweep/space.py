@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from tunelab.config import RunConfig, deep_merge, describe_validation_error, read_yaml_mapping, validate_config
 from tunelab.errors import UserError
 from tunelab.schema import Strict
+from tunelab.study import encode
 
 RUN_SECTIONS = ("model", "data", "task", "method", "train", "eval")
 
@@ -125,6 +126,20 @@ class Space(BaseModel):
             section, name = key.split(".")
             overrides.setdefault(section, {})[name] = value
         return validate_config(deep_merge(self.base, overrides))
+
+    def suggest(self, trial) -> dict[str, Any]:
+        """An Optuna trial's values of the searched keys (the fixed ones of an enqueued point, or
+        the sampler's); a list or mapping value is stored as JSON text and given back as itself."""
+        params = {}
+        for key, values in self.grid.items():
+            chosen = trial.suggest_categorical(key, [encode({key: v})[key] for v in values])
+            params[key] = next(v for v in values if encode({key: v})[key] == chosen)
+        for key, rng in self.ranges.items():
+            if rng.integer:
+                params[key] = trial.suggest_int(key, int(rng.low), int(rng.high), log=rng.log)
+            else:
+                params[key] = cast(rng, trial.suggest_float(key, rng.low, rng.high, log=rng.log))
+        return params
 
     @property
     def size(self) -> int:

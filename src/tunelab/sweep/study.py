@@ -10,15 +10,24 @@ process, which reports every validation to the trial so a pruner can stop it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from tunelab.errors import UserError
-from tunelab.study import (JOURNAL, claim, encode, own, pruner_named, recover, sampler_named, storage_for,
-                           trial_environment)
-from tunelab.sweep.space import Space, cast
+from tunelab.study import (
+    JOURNAL,
+    claim,
+    encode,
+    own,
+    pruner_named,
+    recover,
+    release,
+    sampler_named,
+    storage_for,
+    trial_environment,
+)
+from tunelab.sweep.space import Space
 
 __all__ = ["JOURNAL", "STUDY_NAME", "encode", "open_study", "recover", "storage_for", "work"]
 
@@ -54,20 +63,6 @@ def open_study(space: Space, storage: optuna.storages.BaseStorage, config_text: 
     return study
 
 
-def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
-    """The trial's values of the searched keys (fixed ones for an enqueued grid point)."""
-    params = {}
-    for key, values in space.grid.items():
-        chosen = trial.suggest_categorical(key, [encode({key: v})[key] for v in values])
-        params[key] = next(v for v in values if encode({key: v})[key] == chosen)
-    for key, rng in space.ranges.items():
-        if rng.integer:
-            params[key] = trial.suggest_int(key, int(rng.low), int(rng.high), log=rng.log)
-        else:
-            params[key] = cast(rng, trial.suggest_float(key, rng.low, rng.high, log=rng.log))
-    return params
-
-
 def next_trial(study: optuna.Study, space: Space) -> optuna.Trial | None:
     """A waiting trial claimed by this worker (a grid point, or a trial a dead worker left), or
     (tpe / random) a new one; None when the sweep has all its trials."""
@@ -85,7 +80,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, space: Space, directory:
     from tunelab.config import to_yaml
     from tunelab.summary import Summary
 
-    params = suggest(trial, space)
+    params = space.suggest(trial)
     run_dir = directory / f"trial-{trial.number:03d}"
     cfg = space.run_config(params, run_dir)
     trial.set_user_attr("run_dir", str(run_dir))
@@ -119,4 +114,8 @@ def work(space: Space, directory: Path, storage_url: str | None) -> None:
                               sampler=sampler_for(space), pruner=pruner_for(space))
     (directory / "logs").mkdir(parents=True, exist_ok=True)
     while (trial := next_trial(study, space)) is not None:
-        run_trial(study, trial, space, directory, storage_url)
+        try:
+            run_trial(study, trial, space, directory, storage_url)
+        except BaseException:  # an error or an interrupt: the trial goes back for the next command
+            release(trial)
+            raise

@@ -16,6 +16,7 @@ import torch
 from tunelab.errors import UserError
 from tunelab.models.loading import check_context_length, load_config, load_tokenizer
 from tunelab.tasks import Prepared, causal, gather_objects
+
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
