@@ -9,6 +9,8 @@ escapes (a traceback is a bug).
 
 from __future__ import annotations
 
+import math
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -61,6 +63,15 @@ def test_every_override_is_valid_or_one_line_naming_the_key(field, value):
             (argv, message)
         return
     assert isinstance(cfg, BaseModel)
+    assert all(math.isfinite(v) for v in floats(cfg.model_dump())), (argv, "a non-finite number was accepted")
+
+
+def floats(tree) -> list[float]:
+    if isinstance(tree, dict):
+        return [f for value in tree.values() for f in floats(value)]
+    if isinstance(tree, list):
+        return [f for value in tree for f in floats(value)]
+    return [tree] if isinstance(tree, float) else []
 
 
 def test_the_fuzz_covers_every_registered_options_class():
