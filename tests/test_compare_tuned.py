@@ -267,13 +267,24 @@ def postgres(tmp_path_factory):
                        stdout=subprocess.DEVNULL)
 
 
-def test_two_workers_on_postgresql_run_disjoint_runs_whose_union_is_the_comparison(setup, tuned, postgres, tmp_path):
+def test_two_workers_on_postgresql_run_disjoint_runs_whose_union_is_the_comparison(setup, tuned, postgres, tmp_path,
+                                                                                  capsys):
     folder, _, config = setup
     machines = [tmp_path / "machine-a", tmp_path / "machine-b"]  # machine a runs two local worker processes
-    procs = [subprocess.Popen([sys.executable, "-m", "tunelab.cli", "compare", "--config", str(config), "--output",
-                               str(out), "--storage", postgres, "--no-progress", "--workers", str(workers)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-             for out, workers in zip(machines, (2, 1))]
+
+    def start(out: Path, workers: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "tunelab.cli", "compare", "--config", str(config), "--output",
+                                 str(out), "--storage", postgres, "--no-progress", "--workers", str(workers)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    # machine b first, machine a once b trains its first run: both surely get runs to do, however
+    # fast either starts (started together, a's two workers once took every run before b asked)
+    procs = [start(machines[1], 1)]
+    deadline = time.monotonic() + 240
+    while not list(machines[1].glob("tune/*/trial-*/config.yaml")):
+        assert procs[0].poll() is None and time.monotonic() < deadline, procs[0].communicate()[1].decode()[-2000:]
+        time.sleep(0.05)
+    procs.insert(0, start(machines[0], 2))
     for proc in procs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err.decode()[-2000:]
@@ -289,6 +300,12 @@ def test_two_workers_on_postgresql_run_disjoint_runs_whose_union_is_the_comparis
         for (_, _, state_a, value_a), (_, _, state_b, value_b) in zip(serial[entry], parallel[entry]):
             if state_a == state_b == TrialState.COMPLETE:
                 assert value_a == value_b
+    # a third machine finds nothing left: it says so and where the runs are, and succeeds
+    late = tmp_path / "machine-c"
+    assert cli.main(["compare", "--config", str(config), "--output", str(late), "--storage", postgres,
+                     "--no-progress"]) == 0
+    assert "every final run of this comparison ran on other workers" in capsys.readouterr().out
+    assert not list(late.rglob("summary.json")) and not (late / "report.md").exists()
     # the runs of both machines in one report: the one-worker comparison's numbers
     assert cli.main(["report", *map(str, machines), "--output", str(tmp_path / "together")]) == 0
     together, alone = read_results(tmp_path / "together"), read_results(tuned)

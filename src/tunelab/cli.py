@@ -119,8 +119,12 @@ def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     plan = compare.plan(cfg, methods=args.methods, seeds=args.seeds, output=args.output, quick=args.quick)
     outcome, written = jobs.run_comparison(plan, progress=not args.no_progress, workers=args.workers,
                                            storage=args.storage)
-    print(written["table"])
-    print(f"report: {written['html']} (and report.md, results.csv, plots)")
+    if written is None:
+        print(f"every final run of this comparison ran on other workers sharing {args.storage}; nothing to report "
+              f"from {plan.directory}: `tunelab report` with their directories merges them")
+    else:
+        print(written["table"])
+        print(f"report: {written['html']} (and report.md, results.csv, plots)")
     failed = [k for k, v in outcome.items() if v.startswith("failed")]
     if failed:
         print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; see {plan.directory / 'logs'}", file=sys.stderr)

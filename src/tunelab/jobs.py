@@ -286,7 +286,7 @@ def work(comparison: Comparison, bars: compare.Bars | None = None) -> dict[str, 
 
 
 def run_comparison(plan: compare.Plan, progress: bool = True, workers: int = 1,
-                   storage: str | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+                   storage: str | None = None) -> tuple[dict[str, str], dict[str, Any] | None]:
     """Run every planned run not yet finished (and, tuned, every method's trials first); then
     write the report.
 
@@ -295,7 +295,8 @@ def run_comparison(plan: compare.Plan, progress: bool = True, workers: int = 1,
     processes claim them, each run in its own training process.
 
     Returns run directory name -> `done`, `failed: <last error line>` or `not run` (left to
-    another machine), and what :func:`tunelab.report.write_report` returns.
+    another machine), and what :func:`tunelab.report.write_report` returns (None when other
+    workers on the same storage ran every final run: nothing here to report).
     """
     from filelock import FileLock, Timeout
 
@@ -333,9 +334,12 @@ def run_comparison(plan: compare.Plan, progress: bool = True, workers: int = 1,
         if failed and len(failed) == len(outcome):
             first = next(iter(failed.items()))
             raise UserError(f"every run failed; {first[0]}: {first[1].removeprefix('failed: ')}")
-        finals = {run.run_dir.name: outcome.get(run.run_dir.name, "not run") for run in plan.runs}
-        return outcome, report.write_report([plan.directory], plan.directory, failed=failed,
-                                            elsewhere=[k for k, v in finals.items() if v == "not run"])
+        here = [run.run_dir.name for run in plan.runs if (run.run_dir / "summary.json").exists()]
+        if not here and storage is not None:  # other workers on the same storage took every final run
+            return outcome, None
+        elsewhere = [run.run_dir.name for run in plan.runs
+                     if run.run_dir.name not in here and not outcome.get(run.run_dir.name, "").startswith("failed")]
+        return outcome, report.write_report([plan.directory], plan.directory, failed=failed, elsewhere=elsewhere)
     finally:
         lock.release()
 
