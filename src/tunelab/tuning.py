@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.compare_config import CompareConfig, TuneConfig
-from tunelab.config import RunConfig
+from tunelab.config import RunConfig, validate_config
 from tunelab.errors import UserError
 from tunelab.sweep.space import Objective, Range, Space, SweepSettings, build_space, cast
 from tunelab.tasks import select_metric
@@ -54,10 +54,12 @@ class Tuning:
 
     def description(self) -> str:
         """The search as one canonical text: a directory's study refuses a different one."""
+        # The base as set, defaults left out: an option a later tunelab adds (with its default)
+        # does not make a study it started look like another search. `output`: each machine's own.
+        base = validate_config(self.space.base).model_dump(mode="json", exclude_defaults=True)
         return json.dumps({"trials": self.settings.trials, "sampler": self.settings.sampler, "seed": self.settings.seed,
                            "metric": self.metric, "search": self.settings.search | search_of(self.space),
-                           "base": {k: v for k, v in self.space.base.items() if k != "output"}},  # machines' own dirs
-                          sort_keys=True, default=str)
+                           "base": {k: v for k, v in base.items() if k != "output"}}, sort_keys=True, default=str)
 
     def trial_config(self, params: dict[str, Any], run_dir: Path) -> RunConfig:
         """A trial's run: validation only, the test split never evaluated."""
