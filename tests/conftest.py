@@ -182,3 +182,13 @@ def rerecord_checksums(run_dir: Path) -> None:
             summary["checksums"][name] = sha
     if summary is not None:
         summary_file.write_text(json.dumps(summary))
+
+
+PEFT_TUNERS = [{"name": "peft", "type": "VERA", "r": 4}, {"name": "peft", "type": "LOHA", "r": 2},
+               {"name": "peft", "type": "LOKR", "r": 2}, {"name": "peft", "type": "OFT", "r": 0, "oft_block_size": 4},
+               {"name": "peft", "type": "BOFT", "boft_block_size": 4}, {"name": "peft", "type": "HRA", "r": 2},
+               {"name": "peft", "type": "FOURIERFT", "n_frequency": 8, "scaling": 10.0},
+               {"name": "peft", "type": "LN_TUNING", "target_modules": r".*(LayerNorm|norm)"},
+               {"name": "peft", "type": "ADALORA", "init_r": 4, "target_r": 2, "total_step": 10}]
+"""The PEFT tuners tunelab lists as supported through its bridge (README, Methods), with options
+that fit the tiny test models (hidden size 16)."""

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from tunelab import profile, runs, tasks
+from tunelab import methods, profile, runs, tasks
 from tunelab.batching import LengthGroupedBatches, SortedBatches, example_lengths
 from tunelab.config import RunConfig
 from tunelab.errors import UserError
@@ -152,7 +152,9 @@ def setup(cfg: RunConfig, prepared: Prepared, run_dir: Path, accelerator: Accele
     tc = cfg.train
     params = [p for p in prepared.model.parameters() if p.requires_grad]
     # Method `none` trains nothing: the loop is skipped and the base model is evaluated as is.
-    optimizer = torch.optim.AdamW(params or [torch.nn.Parameter(torch.zeros(1))], lr=tc.lr, weight_decay=tc.weight_decay)
+    groups = methods.parameter_groups(prepared.model, cfg.method, tc.lr, tc.weight_decay) if params else \
+        [{"params": [torch.nn.Parameter(torch.zeros(1))]}]
+    optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     loaders = make_loaders(cfg, prepared, accelerator.num_processes)
     test_order = list(loaders[2].batch_sampler.order)
     model, optimizer, *loaders = accelerator.prepare(prepared.model, optimizer, *loaders)
@@ -248,6 +250,8 @@ def train_step(loop: Loop, state: TrainState, batch: tasks.Batch) -> bool:
         if accelerator.sync_gradients and loop.cfg.train.max_grad_norm is not None:
             accelerator.clip_grad_norm_(loop.params, loop.cfg.train.max_grad_norm)
         loop.optimizer.step()
+        if accelerator.sync_gradients:  # a method's work after each real step reads the gradients
+            methods.after_step(accelerator.unwrap_model(loop.model), loop.cfg.method, state.step)
         loop.optimizer.zero_grad()
     state.batches_done += 1
     state.train_tokens += int(metrics["tokens"]) * accelerator.num_processes

@@ -23,16 +23,15 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModel, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from conftest import CAUSAL_VOCAB, cli_args
+from conftest import CAUSAL_VOCAB, PEFT_TUNERS, cli_args
 from tunelab import export, runs
 from tunelab.build import prepare
 from tunelab.cli import main
 from tunelab.config import load_config, to_yaml
 from tunelab.evaluate import rebuild_run
 from tunelab.export import merged
-from tunelab.export.peft_format import stacked_lora
 from tunelab.methods.common import inference_state
-from tunelab.methods.lora import LoRALayer
+from tunelab.methods.lora import LoRALayer, stacked_lora
 
 ATOL = 1e-5
 PROBE = torch.tensor([[5, 9, 3, 12, 7, 20, 4, 11], [8, 6, 15, 3, 22, 10, 0, 0]])
@@ -151,6 +150,13 @@ def peft_causal(run_dir: Path, output: Path) -> torch.Tensor:
     ("llama", {"name": "prefix", "num_virtual_tokens": 3}),
     ("gpt2", {"name": "prefix", "num_virtual_tokens": 3}),
     ("llama", {"name": "prefix", "num_virtual_tokens": 3, "reparameterize": True, "hidden_size": 8}),
+    ("llama", {"name": "lora", "r": 2, "alpha": 6, "use_dora": True}),
+    ("gpt2", {"name": "lora", "r": 2, "alpha": 6, "use_dora": True, "target_modules": ["c_attn:q+v"]}),
+    ("llama", {"name": "lora", "r": 2, "alpha": 6, "scaling": "rslora"}),
+    ("llama", {"name": "lora", "r": 2, "alpha": 6, "init": "pissa"}),
+    ("gpt2", {"name": "lora", "r": 2, "alpha": 6, "init": "pissa", "use_dora": True}),
+    ("llama", {"name": "lora", "r": 2, "alpha": 6, "init": "olora", "target_modules": "all-linear"}),
+    *[("llama", spec) for spec in PEFT_TUNERS],
 ], ids=lambda v: v if isinstance(v, str) else "-".join(str(x) for x in v.values()))
 def test_peft_export_of_a_causal_run_gives_the_runs_outputs(make_run, capsys, model, method):
     run_dir = make_run(model, method)
@@ -225,6 +231,11 @@ def test_peft_export_of_a_classification_run_keeps_the_head_in_modules_to_save(m
     ("gpt2", {"name": "bitfit"}),
     ("llama", {"name": "full"}),
     ("llama", {"name": "head"}),  # lm_head untied from the embeddings
+    ("llama", {"name": "lora", "r": 2, "alpha": 6, "use_dora": True}),
+    ("gpt2", {"name": "lora", "r": 2, "alpha": 6, "init": "pissa"}),
+    ("llama", {"name": "lora", "r": 2, "alpha": 6, "init": "pissa", "use_dora": True, "scaling": "rslora"}),
+    ("llama", {"name": "peft", "type": "LOHA", "r": 2}),
+    ("llama", {"name": "peft", "type": "OFT", "r": 0, "oft_block_size": 4}),
 ], ids=lambda v: v if isinstance(v, str) else "-".join(str(x) for x in v.values()))
 def test_merged_export_of_a_causal_run_loads_with_transformers_alone(make_run, capsys, model, method):
     run_dir = make_run(model, method)

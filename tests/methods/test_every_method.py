@@ -13,12 +13,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import tiny_bert
+from conftest import PEFT_TUNERS, tiny_bert
 from tunelab.methods import METHODS, apply_method, common
 from tunelab.tasks.classification import SequenceClassifier
 
-ADAPTING = [name for name in METHODS.names() if METHODS.options(name).pretrained]
-"""Methods that adapt a pretrained model (the LSTM builds its own and is tested apart)."""
+ADAPTING = [name for name in METHODS.names() if METHODS.options(name).pretrained and name != "peft"]
+"""Methods that adapt a pretrained model with their default options (the LSTM builds its own and
+is tested apart; the PEFT bridge needs a type, its tuners are among the variants below)."""
 
 
 def build(kind: str, causal_dir):
@@ -41,9 +42,11 @@ def output(model, batch) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
-def applied(name: str, kind: str, causal_dir):
+def applied(method: str | dict, kind: str, causal_dir):
+    """The model with the method applied: a method's name (its default options) or its options."""
+    options = {"name": method} if isinstance(method, str) else method
     model = build(kind, causal_dir)
-    apply_method(model, METHODS.options(name)(), tokenizer=AutoTokenizer.from_pretrained(causal_dir))
+    apply_method(model, METHODS.options(options["name"])(**options), tokenizer=AutoTokenizer.from_pretrained(causal_dir))
     return model
 
 
@@ -109,11 +112,18 @@ def test_every_registered_method_is_checked():
     assert set(ADAPTING) >= {"full", "head", "bitfit", "adapter", "lora", "ia3", "prompt", "prefix", "none"}
 
 
+VARIANTS = [{"name": "lora", "use_dora": True}, {"name": "lora", "init": "pissa", "use_dora": True},
+            {"name": "lora", "init": "olora", "scaling": "rslora"}, {"name": "lora", "init": "gaussian"},
+            {"name": "lora", "target_modules": "all-linear", "lr_ratio": 16}, *PEFT_TUNERS]
+"""Options of a method that change what it injects or trains: checked like a method of their own."""
+
 # Method none is for the causal-LM tasks only: a classifier's new head must train.
-CASES = [(name, kind) for name in ADAPTING for kind in ("classifier", "causal") if (name, kind) != ("none", "classifier")]
+CASES = [(name, kind) for name in ADAPTING + VARIANTS for kind in ("classifier", "causal")
+         if (name, kind) != ("none", "classifier")]
 
 
-@pytest.mark.parametrize("name, kind", CASES)
+@pytest.mark.parametrize("name, kind", CASES, ids=lambda v: v if isinstance(v, str) else
+                         "-".join(f"{k}={v}" for k, v in v.items() if k != "name"))
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
 def test_property(check, name, kind, tiny_causal_dir):
     check(name, kind, tiny_causal_dir)

@@ -2,7 +2,7 @@
 
 The module below (LayerNorm tuning: only the layer norms' gains and biases train, plus the task
 head) is written into a folder on the path and named in ``TUNELAB_PLUGINS``. With no tunelab
-file touched it then goes through ``params``, ``train`` and ``compare`` (whose runs are child
+file touched it then goes through ``params``, ``train``, ``export`` and ``compare`` (whose runs are child
 processes that import it again), and through the generic property checks every registered
 method gets.
 """
@@ -23,7 +23,7 @@ from tunelab.methods import METHODS
 
 PLUGIN = textwrap.dedent('''
     """LayerNorm tuning: the gains and biases of every layer norm (RMSNorm too) train, nothing else."""
-    from typing import Literal
+    from typing import ClassVar, Literal
 
     from torch import nn
 
@@ -34,6 +34,7 @@ PLUGIN = textwrap.dedent('''
 
     class LayerNormTuning(MethodOptions):
         name: Literal["lntune"] = "lntune"
+        export_formats: ClassVar[tuple[str, ...]] = ("merged",)  # it trains the model's own tensors
 
 
     def apply(model, cfg, family, tokenizer=None):
@@ -74,7 +75,7 @@ def test_params_counts_the_plugin_method(plugin, tiny_bert_dir, capsys):
     assert result["method"]["name"] == plugin
 
 
-def test_train_and_compare_run_the_plugin_method(plugin, tiny_run_config, tmp_path):
+def test_train_export_and_compare_run_the_plugin_method(plugin, tiny_run_config, tmp_path, capsys):
     from tunelab import runs
 
     cfg = {**tiny_run_config, "method": {"name": plugin}}
@@ -83,6 +84,14 @@ def test_train_and_compare_run_the_plugin_method(plugin, tiny_run_config, tmp_pa
     saved = runs.load_tensors(tmp_path / "run" / runs.CHECKPOINT / "model.safetensors")
     assert summary["method"] == plugin and summary["trainable_params"] == sum(t.numel() for t in saved.values())
     assert all(".LayerNorm." in k or k.startswith("classifier.") for k in saved), sorted(saved)
+
+    # export asks the method what it can do: merged (checked against the run's outputs), not peft
+    assert cli.main(["export", str(tmp_path / "run"), "--format", "merged", "--output", str(tmp_path / "merged")]) == 0
+    record = json.loads((tmp_path / "merged" / "export.json").read_text())
+    assert record["method"] == plugin and record["check"]["max_abs_difference"] <= record["check"]["tolerance"]
+    capsys.readouterr()
+    assert cli.main(["export", str(tmp_path / "run"), "--format", "peft", "--output", str(tmp_path / "peft")]) == 2
+    assert "method lntune cannot be exported as peft; its format: merged" in capsys.readouterr().err
 
     compare_yaml = tmp_path / "compare.yaml"
     shared = {k: v for k, v in tiny_run_config.items() if k not in ("method", "output")}

@@ -1,9 +1,12 @@
 """``tunelab export``: a trained run as files other tools load without tunelab.
 
-- ``peft`` (:mod:`tunelab.export.peft_format`): the adapter in PEFT's own format (LoRA, IA3,
-  prompt and prefix tuning), for ``peft.PeftModel.from_pretrained(base, DIR)``;
-- ``merged`` (:mod:`tunelab.export.merged`): base + method folded into plain weights (LoRA,
-  IA3, BitFit, full, head), for transformers' ``from_pretrained(DIR)``.
+- ``peft`` (:mod:`tunelab.export.peft_format`): the adapter in PEFT's own format, for
+  ``peft.PeftModel.from_pretrained(base, DIR)``;
+- ``merged`` (:mod:`tunelab.export.merged`): base + method folded into plain weights, for
+  transformers' ``from_pretrained(DIR)``.
+
+Which methods have which format, and how they write it, is each method's own (its options'
+``export_formats``, its module's ``peft_adapter``, its modules' ``merge``).
 
 Every refusal (:mod:`tunelab.export.support`) comes before anything is loaded or written. The
 export is written into a temporary sibling of the output directory, loaded back the way a user
@@ -23,7 +26,7 @@ from typing import Iterator
 
 from tunelab.catalog import sha256_file
 from tunelab.errors import UserError
-from tunelab.export.support import FORMATS, refusal
+from tunelab.export.support import FORMATS
 
 
 def check_output(output: Path) -> None:
@@ -42,7 +45,7 @@ def check_request(run_dir: Path, fmt: str, output: Path):
         raise UserError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
     cfg = run_config(run_dir)  # refuses a directory without config.yaml or checkpoint
     check_output(output)
-    reason = refusal(cfg.method.name, fmt, cfg.task.causal, cfg.model.name)
+    reason = cfg.method.export_refusal(fmt, cfg.task.causal)
     if reason:
         raise UserError(reason)
     return cfg

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tunelab.errors import UserError
-from tunelab.methods.common import AdapterModule, replace_module
+from tunelab.methods.common import AdapterModule
 
 PROBE_SHAPE = (2, 8)
 """Two rows of eight tokens, the second right-padded by three: padding and pooling are checked too."""
@@ -21,30 +21,10 @@ def is_classifier(model: nn.Module) -> bool:
 
 
 def strip_adapters(model: nn.Module) -> None:
-    """Take tunelab's injected modules out of ``model``: a wrapper gives back the layer it wraps
-    (as it stands: merged or not), a module of its own (soft prompt, key/value prefix, BitFit's
-    copy of the pretrained biases) is removed with the hooks it put on its parent."""
+    """Take tunelab's injected modules out of ``model``, each as it knows how (its ``take_out``)."""
     for name, module in list(model.named_modules()):
-        if not isinstance(module, AdapterModule):
-            continue
-        if hasattr(module, "base"):
-            replace_module(model, name, lambda wrapper: wrapper.base)
-            continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        delattr(parent, child)
-        remove_hooks_of(parent, module)
-
-
-def remove_hooks_of(parent: nn.Module, module: nn.Module) -> None:
-    """Drop the forward (pre-)hooks that are bound methods of ``module`` from ``parent``."""
-    tables = ((parent._forward_pre_hooks, parent._forward_pre_hooks_with_kwargs),
-              (parent._forward_hooks, parent._forward_hooks_with_kwargs, parent._forward_hooks_always_called))
-    for hooks, *flags in tables:
-        for key in [k for k, hook in hooks.items() if getattr(hook, "__self__", None) is module]:
-            del hooks[key]
-            for flag in flags:
-                flag.pop(key, None)
+        if isinstance(module, AdapterModule):
+            module.take_out(model, name)
 
 
 def probe(vocab_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

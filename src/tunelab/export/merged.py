@@ -1,9 +1,9 @@
 """``--format merged``: the method folded into the weights of the original architecture, saved
 with ``save_pretrained`` (safetensors) and the run's tokenizer, for ``from_pretrained(DIR)``.
 
-LoRA: W0 + (alpha / r) B A (:meth:`LoRALayer.merge`). IA3: ``base(x) * l`` is a layer whose
-weight rows and bias are scaled by l, ``base(x * l)`` one whose weight columns are. BitFit,
-full and head tuning trained the model's own tensors, which are saved as they are.
+Every module a method injected folds itself into the weights it wraps (its ``merge()``: LoRA's
+W0 + (alpha / r) B A, IA3's rescaled rows or columns); methods that trained the model's own
+tensors (BitFit, full, head) are saved as they are.
 
 A classification run's head is tunelab's (pooling over the real tokens, then one linear
 layer), which no transformers ``...ForSequenceClassification`` computes (BERT's pools with an
@@ -20,38 +20,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from tunelab.errors import UserError
 from tunelab.export.common import is_classifier, strip_adapters
 from tunelab.methods.common import adapters
-from tunelab.methods.ia3 import IA3Layer
-from tunelab.methods.lora import LoRALayer
 
 BIAS_FLAGS = {"attention_bias": "self_attn", "mlp_bias": "mlp"}
 """Config flags that give bias-free architectures (Llama) biases, and the module each covers."""
 
 
-@torch.no_grad()
-def fold_ia3(layer: IA3Layer) -> None:
-    """Scale the wrapped layer's weights so that it alone computes what the IA3 layer did."""
-    base, scale = layer.base, layer.scale()
-    rows_are_inputs = isinstance(base, Conv1D)  # Conv1D stores (in, out), nn.Linear (out, in)
-    if layer.scale_input:  # base(x * l): the weight's input dimension
-        base.weight.mul_(scale[:, None] if rows_are_inputs else scale[None, :])
-        return
-    base.weight.mul_(scale[None, :] if rows_are_inputs else scale[:, None])  # base(x) * l: outputs, bias too
-    if base.bias is not None:
-        base.bias.mul_(scale)
-
-
 def fold(model: nn.Module) -> None:
     """Every method module into the weights it wraps; BitFit's pretrained copies are left to strip."""
     for module in adapters(model):
-        if isinstance(module, LoRALayer):
-            module.merge()
-        elif isinstance(module, IA3Layer):
-            fold_ia3(module)
+        module.merge()
 
 
 def declare_biases(model: nn.Module) -> None:

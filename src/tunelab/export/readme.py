@@ -36,15 +36,7 @@ def peft_readme(record: dict) -> str:
                 f"base = SequenceClassifier(AutoModel.from_pretrained({base!r}), num_labels={head['num_labels']}, "
                 f"pooling={head['pooling']!r})\nmodel = PeftModel.from_pretrained(base, DIR).eval()\n"
                 f"logits = model(input_ids=ids, attention_mask=mask)  # labels in order: {head['labels']}\n```\n")
-    notes = []
-    if record.get("fused_projections_as_stacked_lora"):
-        notes.append("LoRA on slices of a fused q/k/v projection is stored as one LoRA on the whole projection: "
-                     "A stacks the slices' A's, B is block-structured (zeros outside each slice's own rows and "
-                     "columns), with lora_alpha scaled like r so that alpha / r is the run's. Further training "
-                     "in PEFT would fill the zero blocks.")
-    if record["method"] == "ia3" and "c_attn" in " ".join(record.get("target_modules", [])):
-        notes.append("PEFT scales the whole fused c_attn output; the run scaled only k and v, so q's scales are "
-                     "saved as ones.")
+    notes = list(record.get("notes", []))
     if record.get("virtual_positions_in_outputs"):
         n = record["virtual_positions_in_outputs"]
         notes.append(f"PEFT's prompt tuning returns logits for the {n} virtual positions too: "

@@ -26,7 +26,11 @@ if TYPE_CHECKING:
 
 
 class Method(Protocol):
-    """What a method module provides."""
+    """What a method module provides. Optionally also ``parameter_groups(model, cfg, lr,
+    weight_decay)``, the optimizer's groups when the method's tensors learn at different rates
+    (LoRA+); ``after_step(model, cfg, step)``, work after every optimizer step, before the
+    gradients are cleared (AdaLoRA's rank allocation); and ``peft_adapter(model, cfg)`` when
+    its options list the ``peft`` export format."""
 
     def apply(self, model: nn.Module, cfg: opts.MethodOptions, family: Family | None, tokenizer=None) -> None:
         """Inject the method's modules into ``model`` and leave exactly its tensors trainable
@@ -39,6 +43,7 @@ METHODS: Registry[opts.MethodOptions] = Registry(kind="method", package="tunelab
 for _options in (opts.NoMethod, opts.FullMethod, opts.HeadMethod, opts.BitFitMethod, opts.AdapterMethod,
                  opts.LoRAMethod, opts.IA3Method, opts.PromptMethod, opts.PrefixMethod, opts.LSTMMethod):
     METHODS.register(_options)
+METHODS.register(opts.PeftMethod, module="tunelab.methods.peft_bridge")
 
 
 def apply_method(model: nn.Module, cfg: opts.MethodOptions, family: Family | str | None = None,
@@ -52,3 +57,18 @@ def apply_method(model: nn.Module, cfg: opts.MethodOptions, family: Family | str
     elif family is None and cfg.pretrained:
         family = families.family_of(families.transformer_body(model))
     METHODS.load(cfg.name).apply(model, cfg, family, tokenizer)
+
+
+def parameter_groups(model: nn.Module, cfg: opts.MethodOptions, lr: float, weight_decay: float) -> list[dict]:
+    """The optimizer's parameter groups: the method's own, else every trainable tensor in one."""
+    module = METHODS.load(cfg.name)
+    if hasattr(module, "parameter_groups"):
+        return [group for group in module.parameter_groups(model, cfg, lr, weight_decay) if group["params"]]
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr, "weight_decay": weight_decay}]
+
+
+def after_step(model: nn.Module, cfg: opts.MethodOptions, step: int) -> None:
+    """The method's work after optimizer step ``step``, if it has any."""
+    hook = getattr(METHODS.load(cfg.name), "after_step", None)
+    if hook is not None:
+        hook(model, cfg, step)

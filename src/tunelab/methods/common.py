@@ -33,6 +33,34 @@ class AdapterModule(nn.Module):
     def unmerge(self) -> None:  # pragma: no cover
         """Undo ``merge``."""
 
+    def before_loading(self, state: dict[str, torch.Tensor], prefix: str) -> None:
+        """Take the form the checkpoint ``state`` was saved in (its keys of this module start
+        with ``prefix``) before the saved tensors are put back."""
+
+    def take_out(self, model: nn.Module, name: str) -> None:
+        """Leave ``model`` (where this module is called ``name``) as the architecture was before
+        the method: a wrapper gives back the layer it wraps (as it stands: merged or not); a
+        module of its own (soft prompt, key/value prefix, BitFit's copy of the pretrained biases)
+        is removed with the hooks it put on its parent."""
+        if isinstance(getattr(self, "base", None), nn.Module):
+            replace_module(model, name, lambda wrapper: wrapper.base)
+            return
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        delattr(parent, child)
+        remove_hooks_of(parent, self)
+
+
+def remove_hooks_of(parent: nn.Module, module: nn.Module) -> None:
+    """Drop the forward (pre-)hooks that are bound methods of ``module`` from ``parent``."""
+    tables = ((parent._forward_pre_hooks, parent._forward_pre_hooks_with_kwargs),
+              (parent._forward_hooks, parent._forward_hooks_with_kwargs, parent._forward_hooks_always_called))
+    for hooks, *flags in tables:
+        for key in [k for k, hook in hooks.items() if getattr(hook, "__self__", None) is module]:
+            del hooks[key]
+            for flag in flags:
+                flag.pop(key, None)
+
 
 def freeze(model: nn.Module) -> None:
     for p in model.parameters():
@@ -110,6 +138,11 @@ def count_parameters(model: nn.Module, base_total: int) -> ParameterCounts:
     return ParameterCounts(trainable=trainable, added=total - base_total, total=total)
 
 
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of everything that trains, in the model's order."""
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Exactly the tensors training changes; what a checkpoint holds."""
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
@@ -132,8 +165,8 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     parameter must be in the checkpoint, else the checkpoint belongs to another set-up."""
     unmerge(model)  # new adapter tensors must not meet base weights that hold the old update
     for name, module in model.named_modules():
-        if hasattr(module, "fold") and f"{name}.prefix_keys" in state:
-            module.fold()  # a folded checkpoint: the module takes the prefixes, not an MLP
+        if isinstance(module, AdapterModule):
+            module.before_loading(state, f"{name}." if name else "")
     expected = set(trainable_state(model))
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:

@@ -54,12 +54,39 @@ class IA3Layer(AdapterModule):
         full[[i for i, e in enumerate(self.enabled_slices) if e]] = self.ia3_l
         return full.flatten()
 
+    merged = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
+        if not self.enabled or self.merged:  # merged: the base weights hold the scales
             return self.base(x)
         if self.scale_input:
             return self.base(x * self.scale())
         return self.base(x) * self.scale()
+
+    @torch.no_grad()
+    def rescale_base(self, factor: torch.Tensor) -> None:
+        """Scale the wrapped layer's weights so that it computes what scaling by ``factor`` did:
+        ``base(x * l)`` is a layer with its weight's columns scaled, ``base(x) * l`` one with its
+        rows and bias scaled (Conv1D stores the weight as (in, out), nn.Linear as (out, in))."""
+        rows_are_inputs = isinstance(self.base, Conv1D)
+        if self.scale_input:
+            self.base.weight.mul_(factor[:, None] if rows_are_inputs else factor[None, :])
+            return
+        self.base.weight.mul_(factor[None, :] if rows_are_inputs else factor[:, None])
+        if self.base.bias is not None:
+            self.base.bias.mul_(factor)
+
+    def merge(self) -> None:
+        """Fold the scales into the wrapped layer's weights. A second call does nothing."""
+        if not self.merged:
+            self.rescale_base(self.scale().detach())
+            self.merged = True
+
+    def unmerge(self) -> None:
+        """Divide the scales back out. Does nothing when not merged."""
+        if self.merged:
+            self.rescale_base(1 / self.scale().detach())
+            self.merged = False
 
 
 def apply(model: nn.Module, cfg: IA3Method, family: Family | None, tokenizer=None) -> None:
@@ -80,3 +107,26 @@ def apply(model: nn.Module, cfg: IA3Method, family: Family | None, tokenizer=Non
         layer = replace_module(model, name, lambda base, w=where: IA3Layer(base, w))
         layer.ia3_l.requires_grad_(True)
     unfreeze(heads)
+
+
+def peft_adapter(model: nn.Module, cfg: IA3Method):
+    """PEFT's IA3Config for the run, the copy of our scales into PEFT's, and what export.json
+    records. PEFT scales a fused projection's whole output; our q slice keeps scale 1, so ones there."""
+    from peft import IA3Config
+
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, IA3Layer)}
+    scales = {name: m.scale().detach() for name, m in layers.items()}
+    feedforward = sorted(name for name, m in layers.items() if m.scale_input)
+    conv1d = any(not isinstance(m.base, nn.Linear) for m in layers.values())
+    config = IA3Config(target_modules=sorted(layers), feedforward_modules=feedforward, fan_in_fan_out=conv1d)
+
+    def fill(peft_model: nn.Module) -> None:
+        for name, scale in scales.items():
+            target = peft_model.get_base_model().get_submodule(name).ia3_l["default"]
+            target.copy_(scale.view_as(target))  # (out, 1), or (1, in) on a feed-forward input
+
+    detail = {"target_modules": sorted(layers), "feedforward_modules": feedforward}
+    if any(not all(m.enabled_slices) for m in layers.values()):
+        detail["notes"] = ["PEFT scales the whole output of a fused q/k/v projection; the run scaled only k and v, "
+                           "so q's scales are saved as ones."]
+    return config, fill, detail

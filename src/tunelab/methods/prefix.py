@@ -68,6 +68,11 @@ class KeyValuePrefix(AdapterModule):
         keys, values = self.keys_values()
         return {"prefix_keys": keys.detach(), "prefix_values": values.detach()}
 
+    def before_loading(self, state: dict[str, torch.Tensor], prefix: str) -> None:
+        """A checkpoint holds the prefixes, never the MLP: fold before they are put back."""
+        if f"{prefix}prefix_keys" in state:
+            self.fold()
+
     def fold(self) -> None:
         """Replace the MLP by the prefixes it produces (for inference, or to load a checkpoint)."""
         if not hasattr(self, "reparam"):
@@ -109,3 +114,21 @@ def apply(model: nn.Module, cfg: PrefixMethod, family: Family | None, tokenizer=
     body.add_module("kv_prefix", prefix)
     body.register_forward_pre_hook(prefix.seed_cache, with_kwargs=True)
     unfreeze([prefix, *heads])
+
+
+def peft_adapter(model: nn.Module, cfg: PrefixMethod):
+    """PEFT's PrefixTuningConfig and the copy of our prefixes: PEFT's embedding without projection
+    is (n, L * 2 * kv_heads * head_dim), laid out (token, layer, key/value, head, dim); a
+    reparameterised run's MLP is already folded away."""
+    from peft import PrefixTuningConfig
+
+    prefix = next(m for m in model.modules() if isinstance(m, KeyValuePrefix))
+    keys, values = (t.detach() for t in prefix.keys_values())  # each (L, kv_heads, n, head_dim)
+    n = prefix.num_virtual_tokens
+    embedding = torch.stack([keys, values], 1).permute(3, 0, 1, 2, 4).reshape(n, -1)
+    config = PrefixTuningConfig(num_virtual_tokens=n, prefix_projection=False)
+
+    def fill(peft_model: nn.Module) -> None:
+        peft_model.prompt_encoder["default"].embedding.weight.copy_(embedding)
+
+    return config, fill, {}

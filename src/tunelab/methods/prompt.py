@@ -88,3 +88,19 @@ def apply(model: nn.Module, cfg: PromptMethod, family: Family | None, tokenizer=
     body.register_forward_pre_hook(soft_prompt.prepend, with_kwargs=True)
     body.register_forward_hook(soft_prompt.drop_virtual_positions)
     unfreeze([soft_prompt, *heads])
+
+
+def peft_adapter(model: nn.Module, cfg: PromptMethod):
+    """PEFT's PromptTuningConfig for the run and the copy of our prompt into PEFT's embedding.
+    PEFT's prompt tuning returns logits for the virtual positions too; export skips them."""
+    from peft import PromptTuningConfig, PromptTuningInit
+
+    prompt = next(m for m in model.modules() if isinstance(m, SoftPrompt)).prompt.detach()  # (n, H)
+    # RANDOM: loading must not need the init text's tokenizer; the saved embeddings replace it anyway.
+    config = PromptTuningConfig(num_virtual_tokens=prompt.shape[0], token_dim=prompt.shape[1],
+                                prompt_tuning_init=PromptTuningInit.RANDOM)
+
+    def fill(peft_model: nn.Module) -> None:
+        peft_model.prompt_encoder["default"].embedding.weight.copy_(prompt)
+
+    return config, fill, {"virtual_positions_in_outputs": prompt.shape[0]}
