@@ -213,7 +213,7 @@ def test_literal_error_lists_allowed():
 
 @pytest.mark.parametrize("overrides, key, allowed", [
     ({"train": {"lrr": 0.1}}, "train.lrr", "batch_size, cpu, epochs"),
-    ({"method": {"name": "lora", "rank": 4}}, "method.rank", "alpha, dropout, name, r, target_modules"),
+    ({"method": {"name": "lora", "rank": 4}}, "method.rank", "alpha, dropout, init, lr_ratio, name, r, scaling, target_modules, use_dora"),
     ({"method": {"name": "full", "r": 4}}, "method.r", "allowed keys here: name"),
     ({"data": {"split": {"dev": 0.1}}}, "data.split.dev", "test, train, validation"),
     ({"trainer": {"lr": 0.1}}, "trainer", "data, eval, method, model, output, task, train"),

@@ -13,7 +13,8 @@ from conftest import PEFT_TUNERS, tiny_bert, tiny_llama
 from tunelab.errors import UserError
 from tunelab.methods import METHODS, after_step, apply_method
 from tunelab.methods.options import PeftMethod
-from tunelab.methods.peft_bridge import PeftLayers, injectable_types, peft_config
+from tunelab.methods.peft_bridge import PeftLayers, peft_config
+from tunelab.methods.peft_types import injectable_types
 
 
 def ids(seed: int = 0) -> torch.Tensor:

@@ -156,7 +156,7 @@ class PeftMethod(MethodOptions):
         if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
             return raw  # pydantic says what is missing or of the wrong kind
         # Only a config that names this method pays for importing PEFT (and torch) here.
-        from tunelab.methods.peft_bridge import check_options
+        from tunelab.methods.peft_types import check_options
 
         options = {k: v for k, v in raw.items() if k not in ("name", "type")}
         return {**raw, "type": check_options(raw["type"], options)}
