@@ -127,8 +127,11 @@ def test_override_beats_yaml(tmp_path):
 
 def test_override_can_switch_method(tmp_path):
     path = write_yaml(tmp_path / "run.yaml", "method: {name: lora, r: 4}\n")
-    with pytest.raises(UserError, match="unknown config key 'method.r'"):  # head has no r
-        load_config(path, parse_overrides(["--method.name", "head"]))
+    # another method starts from its own defaults: the file's LoRA options (head has no r) are left behind
+    assert isinstance(load_config(path, parse_overrides(["--method.name", "head"])).method, HeadMethod)
+    with pytest.raises(UserError, match="unknown config key 'method.r'"):  # but an option given with it must be its
+        load_config(path, parse_overrides(["--method.name", "head", "--method.r", "4"]))
+    assert load_config(path, parse_overrides(["--method.alpha", "4"])).method.r == 4  # same method: merged
     cfg = load_config(None, parse_overrides(["--method.name", "head", "--method.last_n_layers", "2"]))
     assert isinstance(cfg.method, HeadMethod) and cfg.method.last_n_layers == 2
 

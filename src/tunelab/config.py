@@ -258,7 +258,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise UserError(f"config file not found: {path}")
         raw = read_yaml_mapping(path, "model, data, ...",
                                 "to train the built-in defaults (minilm-l6, rt-snippets, LoRA) run without --config")
-    raw = deep_merge(raw, overrides or {})
+    overrides = overrides or {}
+    method = overrides.get("method")
+    if isinstance(method, dict) and isinstance(raw.get("method"), dict) and \
+            method.get("name", raw["method"].get("name")) != raw["method"].get("name"):
+        raw = {k: v for k, v in raw.items() if k != "method"}  # --method.name X: X from its defaults, not
+        # with the file's method's options (LoRA's r means nothing to IA3)
+    raw = deep_merge(raw, overrides)
     return validate_config(raw)
 
 
