@@ -315,3 +315,26 @@ def test_two_workers_on_postgresql_run_disjoint_runs_whose_union_is_the_comparis
             {k: v for k, v in alone[method].items() if k not in TIMING}, method
     trials = (tmp_path / "together" / "report.md").read_text().split("## Trials")[1].split("\n## ")[0]
     assert sum(line.startswith(("| lora |", "| lora-slow |")) for line in trials.splitlines()) == 6  # both machines'
+
+
+def test_a_studys_guard_is_the_search_as_set_not_the_defaults_around_it(setup):
+    """An option a later tunelab adds (with its default) must not make an earlier study look like
+    another search: the guard reads the config with defaults left out. A value set differs."""
+    from tunelab import compare
+    from tunelab.jobs import grouped
+    from tunelab.tuning import tuning_for
+
+    folder, _, config = setup
+
+    def description(**lora_options) -> str:
+        raw = yaml.safe_load(config.read_text())
+        raw["methods"]["lora"].setdefault("method", {}).update(lora_options)
+        path = folder / "guard.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        cfg = compare.load_compare_config(path, {}, quick=False)
+        plan = compare.plan(cfg, output=str(folder / "guard"))
+        return tuning_for(plan.config, "lora", grouped(plan)["lora"][0].config).description()
+
+    plain = description()
+    assert description(use_dora=False, scaling="standard") == plain  # defaults, spelled out
+    assert description(use_dora=True) != plain
