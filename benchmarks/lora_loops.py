@@ -39,8 +39,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
-from transformers import (AutoModel, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments,  # noqa: E402
-                          get_linear_schedule_with_warmup, set_seed)
+from transformers import (  # noqa: E402
+    AutoModel,
+    Trainer,
+    TrainingArguments,
+    get_linear_schedule_with_warmup,
+    set_seed,
+)
 
 from tunelab import catalog  # noqa: E402
 from tunelab.batching import SortedBatches, example_lengths  # noqa: E402
@@ -129,10 +134,11 @@ def run_trainer(args, prepared, out_dir: Path, grouped: bool = False) -> dict:
         train = train.add_column("length", [len(x) for x in train["input_ids"]])
         sampling = {"train_sampling_strategy": "group_by_length", "length_column_name": "length"}
     training = TrainingArguments(output_dir=str(out_dir), per_device_train_batch_size=args.batch,
-                                 num_train_epochs=args.epochs, learning_rate=LR, warmup_steps=round(WARMUP * total_steps),
-                                 max_grad_norm=CLIP, weight_decay=0.0, lr_scheduler_type="linear", seed=SEED,
-                                 logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[],
-                                 use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, **sampling)
+                                 num_train_epochs=args.epochs, learning_rate=LR,
+                                 warmup_steps=round(WARMUP * total_steps), max_grad_norm=CLIP, weight_decay=0.0,
+                                 lr_scheduler_type="linear", seed=SEED, logging_strategy="no", save_strategy="no",
+                                 eval_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
+                                 disable_tqdm=True, **sampling)
     collate = (lambda items: prepared.collate([{k: v for k, v in it.items() if k != "length"} for it in items])) \
         if grouped else prepared.collate
     trainer = Trainer(model=WithLoss(model), args=training, train_dataset=train, data_collator=collate)

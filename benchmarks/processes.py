@@ -49,8 +49,9 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="tunelab-processes-"))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     one = timed([sys.executable, "-m", "tunelab.cli", *train_args(out / "one", 2 * args.batch, args.train)], env)
-    two = timed([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                 "-m", "tunelab.cli", *train_args(out / "two", args.batch, args.train)],
+    two = timed([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                 "--master_port", str(free_port()), "-m", "tunelab.cli",
+                 *train_args(out / "two", args.batch, args.train)],
                 {**env, "OMP_NUM_THREADS": str(args.threads_per_process)})
     rows = []
     for name, wall in (("1 process", one), ("2 processes", two)):

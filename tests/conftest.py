@@ -132,6 +132,53 @@ def cli_args(tree: dict, prefix: str = "") -> list[str]:
     return args
 
 
+def _snapshot(*roots: Path) -> set[Path]:
+    found: set[Path] = set()
+    for root in roots:
+        if root.exists():
+            found.add(root)
+            found.update(root.rglob("*"))
+    return found
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """Work inside tmp_path with a private embedded-artifact cache, and the hub offline.
+
+    conftest sets HF_HUB_OFFLINE before anything imports huggingface_hub; the patches keep
+    these tests fast even if some earlier import read the environment first (a hub lookup
+    retries for ~25 s with no network).
+    """
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.fixture
+def run_cli(isolated, capsys, tiny_bert_dir):
+    """Run ``main(argv)`` in-process and check that it wrote nothing anywhere it can be seen."""
+    from tunelab.cli import main
+
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        before = _snapshot(isolated, tiny_bert_dir)
+        capsys.readouterr()  # drop anything fixtures printed (e.g. save_pretrained progress bars)
+        rc = main(argv)
+        out, err = capsys.readouterr()
+        after = _snapshot(isolated, tiny_bert_dir)
+        assert after == before, f"bad input left files behind: {sorted(map(str, after - before))}"
+        assert not (isolated / "cache").exists()
+        assert not (isolated / "runs").exists()
+        return rc, out, err
+
+    return run
+
+
 CAUSAL_VOCAB = ["<pad>", "<unk>", "<eos>", *WORDS, "positive", "negative", "yes", "no", "Review", "Sentiment",
                 "Question", "Answer", "TL", "DR", ":", ";", "?", ".", "cat", "sat", "on", "mat", "dog", "ran"]
 
@@ -141,7 +188,8 @@ def save_tiny_causal(folder: Path, seed: int = 0) -> Path:
     folder so `tunelab train --model.name DIR` loads it."""
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(CAUSAL_VOCAB)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                        eos_token="<eos>")
     tokenizer.save_pretrained(folder)
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(CAUSAL_VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,

@@ -13,54 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_args
-from tunelab.cli import main
-
-
-def _snapshot(*roots: Path) -> set[Path]:
-    found: set[Path] = set()
-    for root in roots:
-        if root.exists():
-            found.add(root)
-            found.update(root.rglob("*"))
-    return found
-
-
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    """Work inside tmp_path with a private embedded-artifact cache, and the hub offline.
-
-    conftest sets HF_HUB_OFFLINE before anything imports huggingface_hub; the patches keep
-    these tests fast even if some earlier import read the environment first (a hub lookup
-    retries for ~25 s with no network).
-    """
-    import datasets.config
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
-    return tmp_path
-
-
-@pytest.fixture
-def run_cli(isolated, capsys, tiny_bert_dir):
-    """Run ``main(argv)`` in-process and check that it wrote nothing anywhere it can be seen."""
-
-    def run(argv: list[str]) -> tuple[int, str, str]:
-        before = _snapshot(isolated, tiny_bert_dir)
-        capsys.readouterr()  # drop anything fixtures printed (e.g. save_pretrained progress bars)
-        rc = main(argv)
-        out, err = capsys.readouterr()
-        after = _snapshot(isolated, tiny_bert_dir)
-        assert after == before, f"bad input left files behind: {sorted(map(str, after - before))}"
-        assert not (isolated / "cache").exists()
-        assert not (isolated / "runs").exists()
-        return rc, out, err
-
-    return run
+from conftest import _snapshot, cli_args
 
 
 @pytest.fixture
@@ -143,8 +96,9 @@ def _with_missing(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("suffix, first_label, first_text", [(".csv", "line 4", "line 9"), (".jsonl", "line 3", "line 8"),
-                                                             (".parquet", "row 3, counting from 1", "row 8, counting from 1")])
+@pytest.mark.parametrize("suffix, first_label, first_text", [
+    (".csv", "line 4", "line 9"), (".jsonl", "line 3", "line 8"),
+    (".parquet", "row 3, counting from 1", "row 8, counting from 1")])
 def test_missing_labels_and_texts_are_refused_before_the_split(train_cli, tmp_path, suffix, first_label, first_text):
     """Not a third class named None: the rows are counted and the first named, as in the file."""
     data = _with_missing(tmp_path / f"reviews{suffix}")
@@ -155,7 +109,8 @@ def test_missing_labels_and_texts_are_refused_before_the_split(train_cli, tmp_pa
 
 def test_a_label_outside_data_labels(train_cli, tmp_path):
     data = tmp_path / "three.csv"
-    data.write_text("text,label\n" + "".join(f"film {i},{['negative', 'positive', 'mixed'][i % 3]}\n" for i in range(30)))
+    data.write_text("text,label\n"
+                    + "".join(f"film {i},{['negative', 'positive', 'mixed'][i % 3]}\n" for i in range(30)))
     assert_one_line_error(*train_cli("--data.name", str(data), "--data.labels", "[negative, positive]"),
                           "label 'mixed' (10 rows, the first is line 4)", "negative, positive")
 

@@ -51,7 +51,8 @@ def test_default_comparison_runs_every_method_on_the_same_budget():
               for run in plan.runs}
     for name, cfg in shared.items():  # data, task, epochs, batch, seed: the keys each run shares
         lora = shared["lora"]
-        assert cfg == {k: {kk: lora[k][kk] for kk in v} if isinstance(v, dict) else lora[k] for k, v in cfg.items()}, name
+        assert cfg == {k: {kk: lora[k][kk] for kk in v} if isinstance(v, dict) else lora[k]
+                       for k, v in cfg.items()}, name
     for run in plan.runs:  # the learning rates of the single-method configs
         single_file = CONFIGS / "lstm" / "rt-snippets.yaml" if run.name == "lstm" else \
             CONFIGS / "minilm-l6" / f"rt-snippets-{run.name}.yaml"
@@ -62,8 +63,8 @@ def test_default_comparison_runs_every_method_on_the_same_budget():
         assert run.config.method.name == run.name and run.run_dir == plan.directory / run.name
 
 
-@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("**/*.yaml") if "methods" in yaml.safe_load(p.read_text())),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("**/*.yaml")
+                                        if "methods" in yaml.safe_load(p.read_text())), ids=lambda p: p.name)
 def test_every_shipped_comparison_config_plans(path):
     plan = compare.plan(compare.load_compare_config(path))
     assert plan.runs and all(run.run_dir.parent == plan.directory for run in plan.runs)
@@ -74,7 +75,8 @@ def test_quick_seeds_and_methods_pick_the_runs():
     plan = compare.plan(cfg, methods="prompt,lora", seeds=2, quick=True)
     assert plan.directory == Path("runs/compare-minilm-l6-rt-snippets-quick")
     assert [(r.name, r.seed, r.run_dir.name) for r in plan.runs] == [
-        ("prompt", 0, "prompt-seed0"), ("prompt", 1, "prompt-seed1"), ("lora", 0, "lora-seed0"), ("lora", 1, "lora-seed1")]
+        ("prompt", 0, "prompt-seed0"), ("prompt", 1, "prompt-seed1"),
+        ("lora", 0, "lora-seed0"), ("lora", 1, "lora-seed1")]
     assert all(r.config.train.max_steps == compare.QUICK["train"]["max_steps"] for r in plan.runs)
     # a few examples everywhere, whatever split limits the comparison's own config sets
     assert all(r.config.data.max_validation_examples == r.config.data.max_test_examples == 96 for r in plan.runs)
@@ -83,7 +85,8 @@ def test_quick_seeds_and_methods_pick_the_runs():
 
 
 def test_named_variants_and_registered_methods_without_an_entry(tmp_path, tiny_bert_dir, sentiment_csv):
-    path = tiny_compare_yaml(tmp_path, tiny_bert_dir, sentiment_csv, {"lora": {}, "lora-r2": {"method": {"name": "lora", "r": 2}}})
+    path = tiny_compare_yaml(tmp_path, tiny_bert_dir, sentiment_csv,
+                             {"lora": {}, "lora-r2": {"method": {"name": "lora", "r": 2}}})
     plan = compare.plan(compare.load_compare_config(path, {"train": {"epochs": 1}}), methods="lora-r2,ia3")
     assert [(r.name, r.config.method.name) for r in plan.runs] == [("lora-r2", "lora"), ("ia3", "ia3")]
     assert plan.runs[0].config.method.r == 2 and plan.runs[0].config.train.epochs == 1
@@ -98,9 +101,11 @@ def test_named_variants_and_registered_methods_without_an_entry(tmp_path, tiny_b
     ({"foo": {}}, [], "methods.foo: unknown method 'foo'; known: none, full, head"),
     ({"lora": {}}, ["--seeds", "0"], "--seeds must be between 1 and 100"),
     ({"lora": {}}, ["--train.nope", "1"], "unknown config key 'train.nope'"),
-    ({"lora": {}}, ["--method.r", "4"], "unknown config key 'method'; allowed keys here: data, eval, launcher, methods"),
+    ({"lora": {}}, ["--method.r", "4"],
+     "unknown config key 'method'; allowed keys here: data, eval, launcher, methods"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_bert_dir, sentiment_csv, capsys, methods, args, message):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_bert_dir, sentiment_csv, capsys, methods, args,
+                                                  message):
     path = tiny_compare_yaml(tmp_path, tiny_bert_dir, sentiment_csv, methods)
     assert cli.main(["compare", "--config", str(path), "--output", str(tmp_path / "out"), *args]) == 2
     err = capsys.readouterr().err
@@ -121,8 +126,8 @@ def test_a_run_made_with_another_config_is_refused(tmp_path, tiny_bert_dir, sent
 
 
 def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, tiny_bert_dir, sentiment_csv, capsys, monkeypatch):
-    path = tiny_compare_yaml(tmp_path, tiny_bert_dir, sentiment_csv, {"broken": {"method": {"name": "ia3"}}, "head": {}},
-                             max_steps=2)
+    path = tiny_compare_yaml(tmp_path, tiny_bert_dir, sentiment_csv,
+                             {"broken": {"method": {"name": "ia3"}}, "head": {}}, max_steps=2)
     out = tmp_path / "out"
     real = compare.train_command
 
@@ -139,7 +144,8 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, tiny_bert_dir,
     assert "| head |" in md and "`broken`: failed: error: something broke" in md
     # run again: the finished run is skipped (no new process), the failed one is tried again
     mtime = (out / "head" / "summary.json").stat().st_mtime_ns
-    monkeypatch.setattr(compare, "train_command", lambda run, state, config_file, launcher=None: command(run, state, config_file)
+    monkeypatch.setattr(compare, "train_command",
+                        lambda run, state, config_file, launcher=None: command(run, state, config_file)
                         if run.name == "broken" else pytest.fail("a finished run was started again"))
     assert cli.main(["compare", "--config", str(path), "--output", str(out), "--no-progress"]) == 1
     assert (out / "head" / "summary.json").stat().st_mtime_ns == mtime
@@ -162,7 +168,8 @@ def test_sigkilled_comparison_resumes_to_the_uninterrupted_results(tmp_path, tin
     path = tiny_compare_yaml(tmp_path, tiny_bert_dir, sentiment_csv, {"lora": {"method": {"r": 2, "alpha": 4}}},
                              epochs=2, batch_size=4, eval_every_steps=3)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "tunelab.cli", "compare", "--config", str(path), "--output", str(out), "--no-progress"]
+    command = [sys.executable, "-m", "tunelab.cli", "compare", "--config", str(path), "--output", str(out),
+               "--no-progress"]
     parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: (out / "compare.yaml").exists() or parent.poll() is not None, 120, "the comparison to start")
@@ -171,7 +178,8 @@ def test_sigkilled_comparison_resumes_to_the_uninterrupted_results(tmp_path, tin
         err = capsys.readouterr().err
         assert f"another tunelab compare is writing {out}" in err and err.count("\n") == 1
         # kill it in the middle of the run: lora has a snapshot and is training
-        wait_for(lambda: (out / "lora" / runs.STATE).is_dir() or parent.poll() is not None, 240, "lora's first snapshot")
+        wait_for(lambda: (out / "lora" / runs.STATE).is_dir() or parent.poll() is not None, 240,
+                 "lora's first snapshot")
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(timeout=30)
     finally:
@@ -191,9 +199,11 @@ def test_sigkilled_comparison_resumes_to_the_uninterrupted_results(tmp_path, tin
     assert cli.main(["train", "--config", str(out / "configs" / "lora.yaml"), "--output.dir", str(reference)]) == 0
     resumed, straight = (json.loads((d / "summary.json").read_text()) for d in (out / "lora", reference))
     timing = {"train_time_s", "wall_time_s", "tokens_per_second", "peak_memory_bytes", "versions", "git_hash"}
-    assert {"test", "validation", "trainable_params", "best_step", "steps", "memory", "checkpoint_bytes"} <= set(straight)
+    assert {"test", "validation", "trainable_params", "best_step", "steps", "memory",
+            "checkpoint_bytes"} <= set(straight)
     assert {"accuracy", "loss"} <= straight["test"].keys() and {"accuracy", "loss"} <= straight["validation"].keys()
-    assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in straight.items() if k not in timing}
+    assert ({k: v for k, v in resumed.items() if k not in timing}
+            == {k: v for k, v in straight.items() if k not in timing})
     assert resumed["steps"] == 2 * 11  # 42 training examples in batches of 4, 2 epochs
     a = runs.load_tensors(out / "lora" / runs.CHECKPOINT / "model.safetensors")
     b = runs.load_tensors(reference / runs.CHECKPOINT / "model.safetensors")

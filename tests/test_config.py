@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from tunelab.config import RunConfig, deep_merge, load_config, parse_overrides, to_yaml, validate_config
+from tunelab.errors import UserError
 from tunelab.methods.options import FullMethod, HeadMethod, LoRAMethod
 from tunelab.tasks.options import ClassificationTask
-from tunelab.errors import UserError
 
 REPO = Path(__file__).parents[1]
 
@@ -216,7 +216,8 @@ def test_literal_error_lists_allowed():
 
 @pytest.mark.parametrize("overrides, key, allowed", [
     ({"train": {"lrr": 0.1}}, "train.lrr", "batch_size, cpu, epochs"),
-    ({"method": {"name": "lora", "rank": 4}}, "method.rank", "alpha, dropout, init, lr_ratio, name, r, scaling, target_modules, use_dora"),
+    ({"method": {"name": "lora", "rank": 4}}, "method.rank",
+     "alpha, dropout, init, lr_ratio, name, r, scaling, target_modules, use_dora"),
     ({"method": {"name": "full", "r": 4}}, "method.r", "allowed keys here: name"),
     ({"data": {"split": {"dev": 0.1}}}, "data.split.dev", "test, train, validation"),
     ({"trainer": {"lr": 0.1}}, "trainer", "data, eval, method, model, output, task, train"),
@@ -268,7 +269,8 @@ def test_section_override_without_name_is_still_validated():
 
 def test_every_shipped_config_validates():
     # comparison configs (with `methods`) are checked in tests/test_compare.py, sweeps in tests/sweep/
-    paths = sorted(p for p in REPO.glob("configs/**/*.yaml") if not {"methods", "search", "points"} & set(yaml.safe_load(p.read_text())))
+    paths = sorted(p for p in REPO.glob("configs/**/*.yaml")
+                   if not {"methods", "search", "points"} & set(yaml.safe_load(p.read_text())))
     assert paths, "no YAML files under configs/"
     for path in paths:
         cfg = load_config(path)

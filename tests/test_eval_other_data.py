@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import cli_args, write_sentiment_csv
-from test_cli_bad_input import _snapshot, assert_one_line_error, isolated, run_cli  # noqa: F401 (fixtures)
+from conftest import _snapshot, cli_args, write_sentiment_csv
+from test_cli_bad_input import assert_one_line_error
 from tunelab import cli
 from tunelab.build import prepare
 from tunelab.config import load_config
@@ -162,7 +162,8 @@ def test_an_instruct_run_on_other_data(tiny_causal_dir, tmp_path, capsys, shots)
     assert result["split"] == "all" and result["examples"] == 6 and "invalid_rate" in result
     (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "the plot", "label": "meh"}) + "\n")
     assert cli.main(["eval", str(run_dir), "--data.name", str(tmp_path / "bad.jsonl")]) == 2
-    assert "label 'meh' (line 1) is not one of the model's labels (data.labels): negative, positive" in capsys.readouterr().err
+    assert ("label 'meh' (line 1) is not one of the model's labels (data.labels): negative, positive"
+            in capsys.readouterr().err)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,7 +177,8 @@ def test_predict_file_writes_one_row_per_text(trained, tmp_path, capsys):
     output = tmp_path / "out" / "predictions.csv"
     output.parent.mkdir()
     capsys.readouterr()
-    assert cli.main(["predict", str(trained), "--file", str(source), "--column", "review", "--output", str(output)]) == 0
+    assert cli.main(["predict", str(trained), "--file", str(source), "--column", "review",
+                     "--output", str(output)]) == 0
     assert str(output) in capsys.readouterr().out
     with open(output, newline="", encoding="utf-8") as fh:
         written = list(csv.DictReader(fh))
@@ -206,10 +208,13 @@ def test_predict_file_reads_the_runs_text_column_and_prints_without_output(train
     (None, [], ["not found", "nowhere.csv"]),
     (lambda d: (d / "t.csv").write_text("review,id\ngood,1\n") and d / "t.csv", [], ["'text'", "columns: review, id",
                                                                                 "--column"]),
-    (lambda d: (d / "t.csv").write_text("text\ngood\n") and d / "t.csv", ["--column", "body"], ["'body'", "columns: text"]),
+    (lambda d: (d / "t.csv").write_text("text\ngood\n") and d / "t.csv", ["--column", "body"],
+     ["'body'", "columns: text"]),
     (lambda d: (d / "t.csv").write_bytes(b"text\ncaf\xe9\n") and d / "t.csv", [], ["UTF-8", "line 2"]),
-    (lambda d: (d / "t.csv").write_text("text\ngood\n\"\"\nbad\n") and d / "t.csv", [], ["1 row has no text", "line 3"]),
-    (lambda d: (d / "t.csv").write_text("text\ngood\n") and d / "t.csv", ["--output", "no/such/dir/p.csv"], ["does not exist"]),
+    (lambda d: (d / "t.csv").write_text("text\ngood\n\"\"\nbad\n") and d / "t.csv", [],
+     ["1 row has no text", "line 3"]),
+    (lambda d: (d / "t.csv").write_text("text\ngood\n") and d / "t.csv", ["--output", "no/such/dir/p.csv"],
+     ["does not exist"]),
     (lambda d: (d / "t.csv").write_text("text\ngood\n") and d / "t.csv", ["a text too"], ["one of them"]),
 ])
 def test_predict_file_bad_input(run_cli, frozen_run, isolated, make, extra, phrases):

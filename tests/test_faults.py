@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 import safetensors.torch
-from conftest import cli_args
 
+from conftest import cli_args
 from tunelab import cli, runs
 
 SRC = Path(runs.__file__).parent
-WATCHED = ("runs.py", "train.py", "summary.py", "export", "report", "compare.py", "jobs.py", "catalog.py", "train_command.py",
-           "sweep")
+WATCHED = ("runs.py", "train.py", "summary.py", "export", "report", "compare.py", "jobs.py", "catalog.py",
+           "train_command.py", "sweep")
 """Where tunelab's own writes are made (by path under src/tunelab); files.py holds the helpers they share."""
 
 
@@ -313,13 +313,15 @@ def test_a_damaged_snapshot_falls_back_to_the_one_before(tiny_run_config, tmp_pa
         path.write_bytes(path.read_bytes()[:50])
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(other)]) == 2
-    assert "and there is no good snapshot before it: start the run again with --output.overwrite true" in one_line(capsys)
+    assert ("and there is no good snapshot before it: start the run again with --output.overwrite true"
+            in one_line(capsys))
 
 
 def test_bad_paths_are_one_line(tiny_run_config, tmp_path, capsys):
     a_file = tmp_path / "a-file"
     a_file.write_text("not a directory")
-    for target, phrase in [(a_file, "is a file, not a directory"), (a_file / "run", f"is under {a_file}, which is a file")]:
+    for target, phrase in [(a_file, "is a file, not a directory"),
+                           (a_file / "run", f"is under {a_file}, which is a file")]:
         assert cli.main(["train", *cli_args({**tiny_run_config, "output": {"dir": str(target)}})]) == 2
         assert phrase in one_line(capsys)
     empty = tmp_path / "empty.yaml"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import WORDS, cli_args, rerecord_checksums, write_jsonl
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from conftest import WORDS, cli_args, rerecord_checksums, write_jsonl
 from tunelab import cli, generate, runs
 from tunelab.config import load_config, to_yaml, validate_config
 from tunelab.methods import apply_method
@@ -151,7 +151,8 @@ def test_run_directory_generates_with_its_method_and_checkpoint(method, causal_d
 
 def test_template_renders_the_runs_prompt(causal_dir, tmp_path, capsys):
     run_dir = tmp_path / "instruct"
-    rows = [{"text": f"the film was {w}", "label": int(w in ("good", "fun"))} for w in ["good", "bad", "fun", "dull"] * 10]
+    rows = [{"text": f"the film was {w}", "label": int(w in ("good", "fun"))}
+            for w in ["good", "bad", "fun", "dull"] * 10]
     data = write_jsonl(tmp_path / "reviews.jsonl", rows)
     cfg = {"model": {"name": str(causal_dir)}, "data": {"name": str(data)},
            "task": {"name": "instruct", "max_length": 48, "shots": 2, "label_words": ["negative", "positive"]},
@@ -204,7 +205,8 @@ def test_options_reach_the_generation_config():
     (["--prompt", "  "], "tokenizes to nothing"),
 ])
 def test_bad_options_are_one_line(args, message, tiny_causal_dir, capsys):
-    argv = ["generate", "--model", str(tiny_causal_dir), *(["--prompt", "the film"] if "--prompt" not in args else []), *args]
+    argv = ["generate", "--model", str(tiny_causal_dir), *(["--prompt", "the film"] if "--prompt" not in args else []),
+            *args]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_args, rerecord_checksums
-from test_cli_bad_input import assert_one_line_error, isolated, run_cli  # noqa: F401 (fixtures)
 
+from conftest import cli_args, rerecord_checksums
+from test_cli_bad_input import assert_one_line_error
 from tunelab import cli, runs
 from tunelab.build import prepare
 from tunelab.config import load_config
@@ -149,7 +149,8 @@ def test_killed_and_resumed_lstm_run_ends_with_the_same_weights(lstm_args, tmp_p
     def outcome(name):
         folder = tmp_path / name
         records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-        return runs.load_tensors(folder / "checkpoint" / "model.safetensors"), [r for r in records if r["split"] == "train_epoch"]
+        return (runs.load_tensors(folder / "checkpoint" / "model.safetensors"),
+                [r for r in records if r["split"] == "train_epoch"])
 
     (straight, straight_epochs), (resumed, resumed_epochs) = outcome("straight"), outcome("resumed")
     for name in straight:
@@ -186,7 +187,8 @@ def test_empty_vocabulary_from_min_freq(lstm_cli):
 
 def test_empty_vocabulary_from_stop_words(lstm_cli, isolated):
     only_stop_words = isolated / "stop.csv"
-    only_stop_words.write_text("text,label\n" + "".join(f"the a {i % 2 and 'and' or 'of'},{i % 2}\n" for i in range(20)))
+    only_stop_words.write_text("text,label\n"
+                               + "".join(f"the a {i % 2 and 'and' or 'of'},{i % 2}\n" for i in range(20)))
     assert_one_line_error(*lstm_cli("--data.name", str(only_stop_words)), "vocabulary is empty",
                           "method.stop_words english")
 
@@ -228,12 +230,14 @@ def test_hub_imdb_shape_works_with_the_same_config(monkeypatch):
 
     def split(prefix, n):
         return datasets.Dataset.from_dict({"text": [f"{prefix}{i % 4} a {'superb' if i % 2 else 'awful'} film<br />"
-                                                    for i in range(n)], "label": [i % 2 for i in range(n)]}, features=features)
+                                                    for i in range(n)], "label": [i % 2 for i in range(n)]},
+                                          features=features)
 
     unsupervised = datasets.Dataset.from_dict({"text": ["unlabelled review"] * 4, "label": [-1] * 4},
                                               features=datasets.Features({"text": datasets.Value("string"),
                                                                           "label": datasets.Value("int64")}))
-    fake = datasets.DatasetDict({"train": split("trainword", 40), "test": split("testword", 20), "unsupervised": unsupervised})
+    fake = datasets.DatasetDict({"train": split("trainword", 40), "test": split("testword", 20),
+                                 "unsupervised": unsupervised})
     monkeypatch.setattr(sources.datasets, "load_dataset", lambda name, subset=None: fake)
     cfg = load_config(CONFIGS / "lstm" / "movie-reviews.yaml", {"data": {"name": "imdb"}, "method": {"min_freq": 1}})
     prepared = prepare(cfg)

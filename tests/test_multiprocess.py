@@ -154,9 +154,11 @@ def test_a_launcher_is_the_words_before_dash_m_and_does_not_change_what_a_sweep_
     assert tunelab_command(given) == [*given.split(), "-m", "tunelab.cli"]
     # No port named: two runs at once (a sweep's workers) must not meet on the default one.
     a = tunelab_command("torchrun --nproc_per_node 2")
-    assert a[:3] == ["torchrun", "--nproc_per_node", "2"] and a[3] == "--master_port" and a[-2:] == ["-m", "tunelab.cli"]
+    assert (a[:3] == ["torchrun", "--nproc_per_node", "2"] and a[3] == "--master_port"
+            and a[-2:] == ["-m", "tunelab.cli"])
     accelerate = tunelab_command("accelerate launch --num_processes 2")
-    assert accelerate[:3] == ["accelerate", "launch", "--main_process_port"] and accelerate[4:6] == ["--num_processes", "2"]
+    assert (accelerate[:3] == ["accelerate", "launch", "--main_process_port"]
+            and accelerate[4:6] == ["--num_processes", "2"])
     assert tunelab_command(None) == [sys.executable, "-m", "tunelab.cli"]
     base = {"method": {"name": "lora"}}
     alone, launched = (build_space(dict(base), SweepSettings(search={"train.lr": [1e-3, 1e-2]}, launcher=launcher))
@@ -220,6 +222,7 @@ def test_a_token_mean_loss_over_two_processes_is_the_global_batch_token_mean(tin
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["num_processes"] == 2
     assert_same_weights(weights(tmp_path / "two"), weights(tmp_path / "one"), atol=1e-5)
     # Generated answers come from both processes, each once, in the test split's order.
-    lines = [[json.loads(x) for x in (tmp_path / d / "predictions.jsonl").read_text().splitlines()] for d in ("two", "one")]
+    lines = [[json.loads(x) for x in (tmp_path / d / "predictions.jsonl").read_text().splitlines()]
+             for d in ("two", "one")]
     assert [r["id"] for r in lines[0]] == list(range(8))
     assert [r["output"] for r in lines[0]] == [r["output"] for r in lines[1]]

@@ -45,5 +45,6 @@ def test_pairs_read_the_named_text_column_and_refuse_a_missing_one(tiny_causal_d
     assert cli.main(pairs_args(tiny_causal_dir, reward, prompts, tmp_path / "a.jsonl")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "--text-column" in err and "review" in err, err
-    assert cli.main(pairs_args(tiny_causal_dir, reward, prompts, tmp_path / "b.jsonl", **{"text-column": "review"})) == 0
+    assert cli.main(pairs_args(tiny_causal_dir, reward, prompts, tmp_path / "b.jsonl",
+                               **{"text-column": "review"})) == 0
     assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 12

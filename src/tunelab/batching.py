@@ -4,8 +4,9 @@ A batch is padded to its longest example, and padding costs as much compute as r
 For training, :class:`LengthGroupedBatches` shuffles the examples, cuts the shuffled order
 into groups of ``group`` batches, sorts each group by length and cuts it into batches, then
 shuffles the batches (a short last batch stays last, as with plain shuffling, so every other
-batch is full): every example once per epoch, batches of similar lengths, still a random order (the grouping of Hugging Face's ``group_by_length``, Megatron's buckets). The
-order is a function of (seed, epoch) alone, so a resumed run sees the same batches.
+batch is full): every example once per epoch, batches of similar lengths, still a random order
+(the grouping of Hugging Face's ``group_by_length``, Megatron's buckets). The order is a
+function of (seed, epoch) alone, so a resumed run sees the same batches.
 For evaluation the order does not matter: :class:`SortedBatches` sorts the whole split.
 """
 

@@ -68,5 +68,6 @@ def model_from_config(cfg: RunConfig, hf_config, causal: bool, num_labels: int =
 def refuse_self_built(cfg: RunConfig) -> None:
     if not cfg.method.pretrained:
         raise UserError(f"method {cfg.method.name} builds its model from the training data (its size depends on "
-                        f"the vocabulary it builds there), so its size is known only then: train it (tunelab train --config configs/{cfg.method.name}/...) and read "
+                        f"the vocabulary it builds there), so its size is known only then: train it "
+                        f"(tunelab train --config configs/{cfg.method.name}/...) and read "
                         "trainable_params in summary.json")

@@ -157,7 +157,8 @@ CATALOG: dict[str, Artifact] = {
         Artifact(
             name="wiki-slice",
             kind="dataset",
-            description="Wikipedia articles (redirects dropped, markup stripped), a WikiText-like LM corpus, split by article",
+            description="Wikipedia articles (redirects dropped, markup stripped), a WikiText-like LM corpus, "
+                        "split by article",
             package="gensim",
             version="4.4.0",
             archive_sha256="91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8",
@@ -189,7 +190,8 @@ def fetch(name: str, quiet: bool = False) -> Path:
         if (target / ".complete").exists():  # another process finished while we waited
             return _payload(target)
         if not quiet:
-            print(f"fetching {artifact.name} from PyPI package {artifact.package}=={artifact.version} ...", file=sys.stderr)
+            print(f"fetching {artifact.name} from PyPI package {artifact.package}=={artifact.version} ...",
+                  file=sys.stderr)
         with tempfile.TemporaryDirectory(dir=root, prefix=f".{artifact.name}-") as tmp:
             tmp_path = Path(tmp)
             archive = _pip_download(artifact, tmp_path / "download")

@@ -127,7 +127,8 @@ def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"report: {written['html']} (and report.md, results.csv, plots)")
     failed = [k for k, v in outcome.items() if v.startswith("failed")]
     if failed:
-        print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; see {plan.directory / 'logs'}", file=sys.stderr)
+        print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; see {plan.directory / 'logs'}",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -166,7 +167,8 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
         raise UserError(f"unexpected arguments: {' '.join(extra)}")
     if (args.run_dir is None) == (args.model is None):
         raise UserError("give a run directory or --model NAME (one of them): "
-                        "tunelab generate RUN_DIR --prompt TEXT, or tunelab generate --model smollm2-135m --prompt TEXT")
+                        "tunelab generate RUN_DIR --prompt TEXT, "
+                        "or tunelab generate --model smollm2-135m --prompt TEXT")
     if args.template and args.run_dir is None:
         raise UserError("--template renders a run's task template; give a RUN_DIR, or drop --template")
     options = gen.make_options(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature,
@@ -174,7 +176,8 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
                                seed=args.seed)
     prompts = gen.read_prompts(args.prompt, args.prompts_file)
     generator = gen.load_run(Path(args.run_dir)) if args.run_dir else gen.load_base(args.model)
-    results = gen.generate(generator, prompts, options, template=args.template, stream=None if args.json else sys.stdout)
+    results = gen.generate(generator, prompts, options, template=args.template,
+                           stream=None if args.json else sys.stdout)
     if args.json:
         gen.print_results(results)
     return 0
@@ -265,7 +268,8 @@ def add_inspection_commands(sub) -> None:
     p.add_argument("--method", help=method_help())
     p.add_argument("--config", help="take model, method, batch size and max length from a YAML config")
     p.add_argument("--batch-size", type=int, help="examples in the batch (default: the config's train.batch_size)")
-    p.add_argument("--seq-len", type=int, help="tokens per example (default: the config's task.max_length or block_size)")
+    p.add_argument("--seq-len", type=int,
+                   help="tokens per example (default: the config's task.max_length or block_size)")
     p.add_argument("--cpu", action="store_true", help="measure on the CPU even where a GPU is present")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_profile)

@@ -146,7 +146,8 @@ def texts_to_label(run_dir: Path, texts: list[str], file: str | None, column: st
     from tunelab.errors import UserError
 
     if bool(texts) == bool(file):
-        raise UserError("give the texts to label, or --file FILE (one of them): tunelab predict RUN_DIR \"a gripping film\"")
+        raise UserError("give the texts to label, or --file FILE (one of them): "
+                        "tunelab predict RUN_DIR \"a gripping film\"")
     if column and not file:
         raise UserError("--column names the text column of --file FILE; give the file too")
     if file:

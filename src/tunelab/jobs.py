@@ -206,7 +206,8 @@ class Comparison:
             job.trial.set_user_attr("error", str(exc))
             study.tell(job.trial, state=TrialState.FAIL)
             raise
-        outcome = "skipped" if state == "done" else compare.run_one(self.plan, planned, state, bars, key=job.key, env=env)
+        outcome = ("skipped" if state == "done"
+                   else compare.run_one(self.plan, planned, state, bars, key=job.key, env=env))
         summary = read_summary(planned.run_dir) if outcome in ("done", "skipped") else None
         if summary is None:
             job.trial.set_user_attr("error", outcome.removeprefix("failed: "))
@@ -358,7 +359,8 @@ def check_directory(plan: compare.Plan) -> None:
     if tuned_before != (plan.config.tune is not None):
         kind = "a tuned" if tuned_before else "an untuned"
         raise UserError(f"{plan.directory} holds {kind} comparison; a {'tuned' if not tuned_before else 'untuned'} one "
-                        f"needs its own directory: give --output {plan.directory}-{'tuned' if not tuned_before else 'untuned'}")
+                        f"needs its own directory: "
+                        f"give --output {plan.directory}-{'tuned' if not tuned_before else 'untuned'}")
 
 
 def run_workers(comparison: Comparison, workers: int, storage: str | None, bars: compare.Bars) -> None:

@@ -96,13 +96,15 @@ def make_pairs(output: Path, **settings: Any) -> int:
         raise UserError(f"--prompts {settings['prompts']!r} has no texts to take prompts from")
     output.parent.mkdir(parents=True, exist_ok=True)
     runs.write_json(output.with_name(output.name + ".meta.json"),
-                    {"settings": settings, "temperature": 1.0, "versions": runs.versions(), "git_hash": runs.git_hash()})
+                    {"settings": settings, "temperature": 1.0, "versions": runs.versions(),
+                     "git_hash": runs.git_hash()})
     policy = generate.load_base(settings["policy"])
     reward = reward_scorer(settings["reward"], settings["label"])
     bar = tqdm(total=len(prompts), initial=done, desc="pairs", unit="prompt")
     with open(output, "a", encoding="utf-8") as fh:
         for start in range(done - done % 16, len(prompts), 16):  # batches of 16, each seeded by its start
-            rows = ranked_pairs(policy, prompts[start:start + 16], settings, seed=settings["seed"] + start, reward=reward)
+            rows = ranked_pairs(policy, prompts[start:start + 16], settings, seed=settings["seed"] + start,
+                                reward=reward)
             for row in rows[max(done - start, 0):]:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 fh.flush()

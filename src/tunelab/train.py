@@ -119,9 +119,11 @@ class Loop:
 
 def peak_memory(accelerator: Accelerator) -> dict[str, Any]:
     if accelerator.device.type == "cuda":
-        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(accelerator.device), "peak_memory_kind": "cuda_max_allocated"}
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(accelerator.device),
+                "peak_memory_kind": "cuda_max_allocated"}
     # ru_maxrss is in kilobytes on Linux: the process's peak resident set size.
-    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_memory_kind": "cpu_peak_rss"}
+    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_memory_kind": "cpu_peak_rss"}
 
 
 def make_loaders(cfg: RunConfig, prepared: Prepared, processes: int = 1) -> tuple[DataLoader, DataLoader, DataLoader]:

@@ -87,7 +87,8 @@ def train_from_cli(args: argparse.Namespace, extra: list[str]) -> int:
         accelerator.wait_for_everyone()
         summary = train(cfg, prepared, run_dir, resume=resume, accelerator=accelerator)
     if accelerator.is_main_process:
-        print(f"{format_metrics(summary.test, 'test')}  train time {summary.train_time_s:.0f}s  -> {run_dir / 'summary.json'}")
+        print(f"{format_metrics(summary.test, 'test')}  train time {summary.train_time_s:.0f}s  "
+              f"-> {run_dir / 'summary.json'}")
     return 0
 
 
@@ -104,7 +105,8 @@ def run_directory_lock(run_dir: Path, main: bool):
         lock = FileLock(str(run_dir / ".lock"), timeout=0)
         lock.acquire()
     except Timeout:
-        raise UserError(f"another tunelab process is writing {run_dir}; wait for it or pick another --output.dir") from None
+        raise UserError(f"another tunelab process is writing {run_dir}; "
+                        "wait for it or pick another --output.dir") from None
     try:
         yield
     finally:

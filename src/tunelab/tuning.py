@@ -83,7 +83,8 @@ def entry_settings(cfg: CompareConfig, entry: str) -> dict[str, Any]:
     own = ((cfg.methods or {}).get(entry) or {}).get("tune") or {}
     if not isinstance(own, dict) or any(key not in ENTRY_KEYS for key in own):
         bad = next(iter(own), own) if isinstance(own, dict) else own
-        raise UserError(f"methods.{entry}.tune: unknown key {bad!r}; a method's own tune takes: {', '.join(ENTRY_KEYS)} "
+        raise UserError(f"methods.{entry}.tune: unknown key {bad!r}; "
+                        f"a method's own tune takes: {', '.join(ENTRY_KEYS)} "
                         f"(trials, sampler and pruner are the comparison's, the same for every method)")
     search = own.get("search") or {}
     if not isinstance(search, dict):
@@ -138,8 +139,9 @@ def grid_points(space: Space, trials: int, where: str) -> list[dict[str, Any]]:
         return [{key: value} for value in values]
     points = space.points()
     if len(points) != trials:
-        raise UserError(f"{where}: the grid has {len(points)} points and tune.trials is {trials}; every method gets the "
-                        f"same number of trials, so give lists whose product is {trials}, or use sampler random or tpe")
+        raise UserError(f"{where}: the grid has {len(points)} points and tune.trials is {trials}; "
+                        f"every method gets the same number of trials, so give lists whose product is {trials}, "
+                        f"or use sampler random or tpe")
     return points
 
 

@@ -13,11 +13,11 @@ import pytest
 from transformers import BertTokenizerFast
 
 from tunelab.config import DataConfig, SplitFractions
-from tunelab.tasks.options import ClassificationTask
+from tunelab.data.labels import check_columns, label_set
 from tunelab.data.sources import load_splits, read_rt_snippets
 from tunelab.errors import UserError
-from tunelab.data.labels import check_columns, label_set
 from tunelab.tasks.classification import tokenize_splits
+from tunelab.tasks.options import ClassificationTask
 
 SPLITS = ("train", "validation", "test")
 

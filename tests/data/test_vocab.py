@@ -12,7 +12,7 @@ import torch
 
 from tunelab.build import prepare
 from tunelab.config import load_config
-from tunelab.data.vocab import (ENGLISH_STOP_WORDS, PAD, PAD_ID, UNK, UNK_ID, Vocabulary, collate, item, words)
+from tunelab.data.vocab import ENGLISH_STOP_WORDS, PAD, PAD_ID, UNK, UNK_ID, Vocabulary, collate, item, words
 from tunelab.errors import UserError
 
 CORPUS = [
@@ -91,7 +91,8 @@ def test_min_freq_below_one():
 
 
 def test_empty_vocabulary_names_min_freq_and_the_highest_count():
-    with pytest.raises(UserError, match=r"vocabulary is empty.*method\.min_freq=4.*most frequent occurs 3 times.*at most 3"):
+    with pytest.raises(UserError,
+                       match=r"vocabulary is empty.*method\.min_freq=4.*most frequent occurs 3 times.*at most 3"):
         Vocabulary.build(CORPUS, min_freq=4)
 
 

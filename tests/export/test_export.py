@@ -407,4 +407,5 @@ def test_a_trained_run_exports_in_both_formats(tiny_run_config, capsys):
     torch.testing.assert_close(readme_head(merged_dir, PROBE, PROBE_MASK), ours, atol=ATOL, rtol=0)
     record = json.loads((peft_dir / "export.json").read_text())
     assert record["method"] == "lora" and record["peft_type"] == "LORA" and record["modules_to_save"] == ["classifier"]
-    assert record["checkpoint_sha256"] == hashlib.sha256((run_dir / "checkpoint" / "model.safetensors").read_bytes()).hexdigest()
+    assert record["checkpoint_sha256"] == hashlib.sha256(
+        (run_dir / "checkpoint" / "model.safetensors").read_bytes()).hexdigest()

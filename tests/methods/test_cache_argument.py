@@ -16,8 +16,8 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from tunelab.methods.options import PrefixMethod, PromptMethod
 from tunelab.methods import apply_method, common
+from tunelab.methods.options import PrefixMethod, PromptMethod
 from tunelab.models.families import cache_argument
 
 VOCAB, HIDDEN, HEADS, N = 32, 8, 2, 3

@@ -46,7 +46,8 @@ def applied(method: str | dict, kind: str, causal_dir):
     """The model with the method applied: a method's name (its default options) or its options."""
     options = {"name": method} if isinstance(method, str) else method
     model = build(kind, causal_dir)
-    apply_method(model, METHODS.options(options["name"])(**options), tokenizer=AutoTokenizer.from_pretrained(causal_dir))
+    apply_method(model, METHODS.options(options["name"])(**options),
+                 tokenizer=AutoTokenizer.from_pretrained(causal_dir))
     return model
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import tiny_bert, tiny_gpt2, tiny_llama
-from tunelab.models.families import FAMILIES as FAMILY_TABLE
-from tunelab.methods.options import FullMethod, HeadMethod, LoRAMethod
 from tunelab.errors import UserError
 from tunelab.methods import METHODS, apply_method, common, full, head, lora
 from tunelab.methods.lora import LoRALayer
+from tunelab.methods.options import FullMethod, HeadMethod, LoRAMethod
+from tunelab.models.families import FAMILIES as FAMILY_TABLE
 from tunelab.tasks.classification import SequenceClassifier
 
 VOCAB, D = 64, 16

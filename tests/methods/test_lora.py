@@ -8,11 +8,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from conftest import tiny_bert, tiny_gpt2, tiny_llama
-from tunelab.models.families import FAMILIES as FAMILY_TABLE
-from tunelab.methods.options import LoRAMethod
 from tunelab.errors import UserError
 from tunelab.methods import common, lora
 from tunelab.methods.lora import LoRALayer
+from tunelab.methods.options import LoRAMethod
+from tunelab.models.families import FAMILIES as FAMILY_TABLE
 from tunelab.tasks.classification import SequenceClassifier
 
 BUILDERS = {"bert": tiny_bert, "llama": tiny_llama, "gpt2": tiny_gpt2}

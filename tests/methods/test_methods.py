@@ -5,23 +5,20 @@ initialisation, equivalence with PEFT on the same tensors, and bad input."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from peft import (IA3Config, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TaskType,
-                  get_peft_model)
+from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 from transformers import BertModel, BertTokenizerFast, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conftest import tiny_bert, tiny_gpt2, tiny_llama, cli_args
+from conftest import cli_args, tiny_bert, tiny_gpt2, tiny_llama
 from tunelab.config import validate_config
-from tunelab.methods.options import AdapterMethod, BitFitMethod, IA3Method, PrefixMethod, PromptMethod
 from tunelab.errors import UserError
 from tunelab.methods import apply_method, common
 from tunelab.methods.adapter import BottleneckAdapter
 from tunelab.methods.ia3 import IA3Layer
+from tunelab.methods.options import AdapterMethod, BitFitMethod, IA3Method, PrefixMethod, PromptMethod
 from tunelab.tasks.classification import SequenceClassifier
 
 BUILDERS = {"bert": tiny_bert, "llama": tiny_llama, "gpt2": tiny_gpt2}

@@ -6,9 +6,18 @@ import pytest
 import torch
 from transformers import DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
 
-from tunelab.methods.options import AdapterMethod, BitFitMethod, FullMethod, HeadMethod, IA3Method, LoRAMethod, PrefixMethod, PromptMethod
 from tunelab.errors import UserError
 from tunelab.methods import apply_method, common
+from tunelab.methods.options import (
+    AdapterMethod,
+    BitFitMethod,
+    FullMethod,
+    HeadMethod,
+    IA3Method,
+    LoRAMethod,
+    PrefixMethod,
+    PromptMethod,
+)
 from tunelab.models.families import family_of
 from tunelab.tasks.classification import SequenceClassifier
 
@@ -62,7 +71,8 @@ def test_method_runs_and_counts(build, expected_family, cfg):
 
 def test_prefix_on_distilbert_is_refused_in_one_line():
     model = SequenceClassifier(distilbert(), 2)
-    with pytest.raises(UserError, match=r"prefix tuning needs a model whose forward takes a key/value cache \(cache or past_key_values\)"):
+    with pytest.raises(UserError, match=r"prefix tuning needs a model whose forward takes a key/value cache "
+                                        r"\(cache or past_key_values\)"):
         apply_method(model, PrefixMethod(num_virtual_tokens=N), "distilbert")
 
 

@@ -100,12 +100,13 @@ def test_train_export_and_compare_run_the_plugin_method(plugin, tiny_run_config,
     out = tmp_path / "comparison"
     assert cli.main(["compare", "--config", str(compare_yaml), "--output", str(out), "--no-progress"]) == 0
     rows = {row["method"]: row for row in csv.DictReader(open(out / "results.csv", encoding="utf-8"))}
-    assert set(rows) == {plugin, "head"} and int(rows[plugin]["trainable_params"]) > int(rows["head"]["trainable_params"])
+    assert (set(rows) == {plugin, "head"}
+            and int(rows[plugin]["trainable_params"]) > int(rows["head"]["trainable_params"]))
 
 
 def test_the_generic_checks_accept_the_plugin_method(plugin, tiny_causal_dir):
-    from tunelab import plugins
     from test_every_method import CHECKS
+    from tunelab import plugins
 
     plugins.load_plugins()
     assert plugin in METHODS.names()

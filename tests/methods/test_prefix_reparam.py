@@ -8,8 +8,8 @@ import torch
 
 from conftest import cli_args, tiny_llama
 from tunelab import cli, runs
-from tunelab.methods.options import PrefixMethod
 from tunelab.methods import apply_method, common
+from tunelab.methods.options import PrefixMethod
 
 
 def test_mlp_prefix_folds_into_the_same_function():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import tiny_gpt2, tiny_llama
-from tunelab.methods.options import PrefixMethod, PromptMethod
 from tunelab.methods import apply_method, common
+from tunelab.methods.options import PrefixMethod, PromptMethod
 
 
 @pytest.mark.parametrize("family, build", [("llama", tiny_llama), ("gpt2", tiny_gpt2)])

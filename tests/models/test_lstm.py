@@ -76,7 +76,8 @@ def test_output_shape_and_order_follow_the_batch_not_the_lengths():
     with torch.no_grad():
         batch = collate(items)
         logits = m(batch["input_ids"], batch["attention_mask"])
-        one_by_one = [m(single["input_ids"], single["attention_mask"])[0] for single in map(collate, ([it] for it in items))]
+        one_by_one = [m(single["input_ids"], single["attention_mask"])[0]
+                      for single in map(collate, ([it] for it in items))]
     assert logits.shape == (4, 3)
     assert torch.allclose(logits, torch.stack(one_by_one), atol=1e-6)
 

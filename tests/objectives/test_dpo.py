@@ -9,7 +9,8 @@ import torch
 
 from tunelab.objectives.dpo import preference_loss
 
-PW, PL, RW, RL = torch.tensor([-3.0, -7.5]), torch.tensor([-4.0, -6.0]), torch.tensor([-3.5, -7.0]), torch.tensor([-3.8, -6.2])
+PW, PL, RW, RL = (torch.tensor([-3.0, -7.5]), torch.tensor([-4.0, -6.0]), torch.tensor([-3.5, -7.0]),
+                  torch.tensor([-3.8, -6.2]))
 
 
 def by_hand_h(i: int) -> float:

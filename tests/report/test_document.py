@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from tunelab.report.document import (BulletList, Code, Document, Heading, Image, Paragraph, Table, to_html,
-                                     to_markdown)
+from tunelab.report.document import BulletList, Code, Document, Heading, Image, Paragraph, Table, to_html, to_markdown
 
 DOC = Document("Comparison: m on d", [
     Paragraph("From `runs/a`; **lora** is best."),

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_write_report import fake_run, markdown_tables, read_csv
 
+from test_write_report import fake_run, markdown_tables, read_csv
 from tunelab import cli
 from tunelab.report.budget import budget_differences
 from tunelab.report.collect import Run
@@ -215,7 +215,8 @@ def test_a_row_with_seeds_is_tested_on_all_of_them_not_its_first(tmp_path):
     assert dict(zip(headers, body[1]))["test accuracy"].startswith("0.7000 ± 0.1732 [")  # mean ± std kept
 
     alone = tmp_path / "alone"  # the same first seed on its own is "better", by McNemar
-    run_with_predictions(alone / "full", "full", reference, ids=list(range(n)), validation={"accuracy": 0.8, "loss": 0.4})
+    run_with_predictions(alone / "full", "full", reference, ids=list(range(n)),
+                         validation={"accuracy": 0.8, "loss": 0.4})
     run_with_predictions(alone / "lora", "lora", first_seed, ids=list(range(n)))
     md, _ = report(alone)
     assert "lora (p < 0.001) is better" in md
@@ -233,7 +234,8 @@ def test_the_budget_per_row_and_where_it_differs(tmp_path):
     comparison = tmp_path / "c"
     for method in ("full", "lora", "lstm"):
         path = run_with_predictions(comparison / method, method, FULL)
-        train = {"seed": 0, "epochs": 5 if method == "lstm" else 1, "max_steps": None, "lr": 5e-3 if method == "lstm" else 1e-4}
+        train = {"seed": 0, "epochs": 5 if method == "lstm" else 1, "max_steps": None,
+                 "lr": 5e-3 if method == "lstm" else 1e-4}
         (path / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method}, "train": train}))
     md, tables = report(comparison)
     assert "Budgets differ: lstm trains for 5 epochs, the others for 1 epoch." in md

@@ -39,7 +39,8 @@ def test_flat_keys_of_older_summaries_are_not_read_twice():
 
 
 def test_scores_leave_out_counts_and_flags():
-    assert scores({"accuracy": 0.9, "examples": 300, "valid": True, "name": "x", "loss": 1}) == {"accuracy": 0.9, "loss": 1}
+    assert (scores({"accuracy": 0.9, "examples": 300, "valid": True, "name": "x", "loss": 1})
+            == {"accuracy": 0.9, "loss": 1})
     assert scores(None) == {}
 
 
@@ -81,4 +82,5 @@ def test_the_reference_is_the_best_row_on_validation_not_on_test():
     assert reference_row(rows, [("perplexity", False), ("loss", False)]).row.name == "lora"
     assert reference_row(rows, [("loss", False)]).value == pytest.approx(0.4)
     assert reference_row(rows, [("perplexity", False)]) is None
-    assert reference_row(make_rows([run("none", validation={"accuracy": 0.5})]), [("accuracy", True)]).row.name == "none"
+    assert reference_row(make_rows([run("none", validation={"accuracy": 0.5})]),
+                         [("accuracy", True)]).row.name == "none"

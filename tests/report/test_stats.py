@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-import numpy as np
-
-from tunelab.report.stats import (Z95, Samples, bootstrap_interval, detectable_difference, discordant, holm,
-                                  mcnemar_exact, mcnemar_standard_error, paired_bootstrap, wilson_interval)
+from tunelab.report.stats import (
+    Z95,
+    Samples,
+    bootstrap_interval,
+    detectable_difference,
+    discordant,
+    holm,
+    mcnemar_exact,
+    mcnemar_standard_error,
+    paired_bootstrap,
+    wilson_interval,
+)
 
 
 def test_mcnemar_known_table():

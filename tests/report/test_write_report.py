@@ -219,7 +219,8 @@ def fake_run(folder: Path, method: str, seed: int = 0, curve: bool = True, accur
     folder.mkdir(parents=True)
     base = {"method": method, "model": "m", "data": "d", "task": "classification", "primary_metric": "accuracy",
             "higher_is_better": True, "select_metric": "loss",
-            "test": {"loss": 0.5, "accuracy": accuracy, "examples": 300}, "validation": {"loss": 0.45, "accuracy": 0.79},
+            "test": {"loss": 0.5, "accuracy": accuracy, "examples": 300},
+            "validation": {"loss": 0.45, "accuracy": 0.79},
             "before": None, "trainable_params": 1000, "added_params": 10, "total_params": 100_000,
             "trainable_percent": 1.0, "checkpoint_bytes": 4000, "train_time_s": 12.5, "wall_time_s": 20.0,
             "tokens_per_second": 900.0, "train_examples": 200, "test_examples": 300, "peak_memory_bytes": 5e8,

@@ -40,7 +40,8 @@ def load(directory: Path) -> optuna.Study:
 
 
 def finished(study: optuna.Study) -> dict[tuple, float]:
-    return {(t.params["method.r"], t.params["train.lr"]): t.value for t in study.trials if t.state == TrialState.COMPLETE}
+    return {(t.params["method.r"], t.params["train.lr"]): t.value
+            for t in study.trials if t.state == TrialState.COMPLETE}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,8 @@ def test_the_median_pruner_stops_a_trial_worse_at_its_first_validation(tmp_path,
 
 def test_two_workers_run_disjoint_trials_whose_union_is_the_grid(grid_config, tmp_path):
     out = tmp_path / "two"
-    assert cli.main(["sweep", "--config", str(grid_config), "--output", str(out), "--workers", "2", "--no-progress"]) == 0
+    assert cli.main(["sweep", "--config", str(grid_config), "--output", str(out), "--workers", "2",
+                     "--no-progress"]) == 0
     study = load(out)
     points = [(t.params["method.r"], t.params["train.lr"]) for t in study.trials]
     assert len(points) == len(set(points)) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)

@@ -21,11 +21,15 @@ def run_cli(capsys):
 
 @pytest.mark.parametrize("search, settings, phrases", [
     ({"method.rr": [2, 4]}, {}, ["search key 'method.rr' is not a config key",
-                                 "keys of method here: alpha, dropout, init, lr_ratio, name, r, scaling, target_modules, use_dora"]),
+                                 "keys of method here: alpha, dropout, init, lr_ratio, name, r, scaling, "
+                                 "target_modules, use_dora"]),
     ({"method.r": []}, {}, ["search.method.r", "empty"]),
-    ({"train.lr": {"low": 1.0e-2, "high": 1.0e-3}}, {"sampler": "tpe"}, ["search.train.lr", "low 0.01 must be below high 0.001"]),
-    ({"train.lr": {"low": 0.0, "high": 1.0e-3, "log": True}}, {"sampler": "random"}, ["search.train.lr", "log range needs low > 0"]),
-    ({"method.r": [2]}, {"objective": {"metric": "rougeL"}}, ["objective.metric 'rougeL'", "it reports: loss, accuracy"]),
+    ({"train.lr": {"low": 1.0e-2, "high": 1.0e-3}}, {"sampler": "tpe"},
+     ["search.train.lr", "low 0.01 must be below high 0.001"]),
+    ({"train.lr": {"low": 0.0, "high": 1.0e-3, "log": True}}, {"sampler": "random"},
+     ["search.train.lr", "log range needs low > 0"]),
+    ({"method.r": [2]}, {"objective": {"metric": "rougeL"}},
+     ["objective.metric 'rougeL'", "it reports: loss, accuracy"]),
     ({"train.lr": {"low": 1.0e-3, "high": 1.0e-2}}, {}, ["a range cannot be a grid", "sampler: tpe or random"]),
     ({"method.alpha": "2 * method.r"}, {}, ["only tied keys"]),
     ({"method.r": [2], "method.alpha": "2 * train.lr"}, {}, ["names train.lr, which is not searched"]),

@@ -57,8 +57,8 @@ def test_greedy_equals_hugging_face_generate(build, share, method):
 
 
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
-@pytest.mark.parametrize("method", [PromptMethod(init="random", num_virtual_tokens=3), PrefixMethod(num_virtual_tokens=3)],
-                         ids=["prompt", "prefix"])
+@pytest.mark.parametrize("method", [PromptMethod(init="random", num_virtual_tokens=3),
+                                    PrefixMethod(num_virtual_tokens=3)], ids=["prompt", "prefix"])
 def test_virtual_tokens_decode_as_hugging_face_does_without_sharing(build, method):
     model, batch = perturbed(build, method), prompts()
     tokens, _ = decoding.greedy(model, batch, 4, pad_id=0, eos_id=None, share_prefix=False)

@@ -73,4 +73,5 @@ def test_eval_and_predict_rebuild_a_cached_run(tiny_run_config, tmp_path, capsys
         assert cli.main(["predict", str(tmp_path / f"cache-{cache}"), *texts, "--json"]) == 0
         answers.append([json.loads(line) for line in capsys.readouterr().out.strip().splitlines()])
     for cached, plain in zip(*answers):
-        assert cached["label"] == plain["label"] and cached["probability"] == pytest.approx(plain["probability"], abs=1e-5)
+        assert (cached["label"] == plain["label"]
+                and cached["probability"] == pytest.approx(plain["probability"], abs=1e-5))

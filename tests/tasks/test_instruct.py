@@ -149,7 +149,8 @@ def test_demonstrations_come_from_train_by_seed_with_every_label(tiny_causal_dir
 
 def test_zero_and_few_shot_runs_train_nothing_and_report_both_accuracies(tiny_causal_dir, review_dir, tmp_path):
     for shots in (0, 2):
-        cfg = instruct_config(tiny_causal_dir, review_dir, tmp_path, method={"name": "none"}, shots=shots, max_length=128)
+        cfg = instruct_config(tiny_causal_dir, review_dir, tmp_path, method={"name": "none"}, shots=shots,
+                              max_length=128)
         cfg["output"] = {"dir": str(tmp_path / f"shots{shots}")}
         assert cli.main(["train", *cli_args(cfg)]) == 0
         summary = json.loads((tmp_path / f"shots{shots}" / "summary.json").read_text())
@@ -220,7 +221,8 @@ def test_boolq_as_pair_classification_on_an_encoder(tiny_bert_dir, tmp_path):
     write_jsonl(folder / "train.jsonl", rows[:10])
     write_jsonl(folder / "validation.jsonl", rows[10:])
     cfg = {"model": {"name": str(tiny_bert_dir)},
-           "data": {"name": str(folder), "text_column": "passage", "text_pair_column": "question", "label_column": "answer"},
+           "data": {"name": str(folder), "text_column": "passage", "text_pair_column": "question",
+                    "label_column": "answer"},
            "task": {"max_length": 32}, "method": {"name": "full"}, "train": {"epochs": 1, "batch_size": 4},
            "output": {"dir": str(tmp_path / "run")}}
     assert cli.main(["train", *cli_args(cfg)]) == 0

@@ -7,8 +7,6 @@ import math
 
 import pytest
 import torch
-from accelerate import Accelerator
-from torch.utils.data import DataLoader
 
 from conftest import cli_args, write_jsonl
 from tunelab import cli
@@ -51,7 +49,8 @@ def test_prompt_tokens_never_count_and_chosen_rows_come_first(tiny_causal_dir, p
     examples = [p.splits["train"][i] for i in range(2)]
     batch = p.collate(examples)
     assert batch["input_ids"].shape[0] == 4
-    for row, (example, key) in enumerate([(e, "chosen_ids") for e in examples] + [(e, "rejected_ids") for e in examples]):
+    for row, (example, key) in enumerate([(e, "chosen_ids") for e in examples]
+                                         + [(e, "rejected_ids") for e in examples]):
         labels = batch["labels"][row].tolist()
         n_prompt = len(example["prompt_ids"])
         assert all(label == -100 for label in labels[:n_prompt])
@@ -106,7 +105,8 @@ def test_precomputed_and_on_the_fly_reference_agree_and_disabled_lora_is_the_bas
         torch.testing.assert_close(preference.reference_logps(on_the_fly.model.eval(), {k: v for k, v in batch.items()
                                                                                         if k != preference.REFERENCE}),
                                    batch[preference.REFERENCE], atol=1e-5, rtol=0)
-        torch.testing.assert_close(preference.response_logps(base, batch), batch[preference.REFERENCE], atol=1e-5, rtol=0)
+        torch.testing.assert_close(preference.response_logps(base, batch), batch[preference.REFERENCE],
+                                   atol=1e-5, rtol=0)
 
 
 def test_one_step_raises_the_chosen_log_ratio_over_the_rejected(tiny_causal_dir, pairs_dir, tmp_path):
@@ -188,7 +188,8 @@ def test_pairs_with_the_same_response_twice_are_left_out_and_counted(tiny_causal
     folder = tmp_path / "same"
     folder.mkdir()
     for split in ("train", "validation", "test"):
-        write_jsonl(folder / f"{split}.jsonl", PAIRS[:4] + [{"prompt": "a story", "chosen": "fine", "rejected": "fine"}])
+        write_jsonl(folder / f"{split}.jsonl",
+                    PAIRS[:4] + [{"prompt": "a story", "chosen": "fine", "rejected": "fine"}])
     capsys.readouterr()
     p = prepare(load_config(None, config(tiny_causal_dir, folder, tmp_path)))
     assert p.dropped == 3 and len(p.splits["train"]) == 4
@@ -226,7 +227,8 @@ def test_left_padded_sampling_sees_each_prompt_as_if_alone_on_gpt2(tiny_gpt2_cau
     kw = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, "output_scores": True,
           "return_dict_in_generate": True}
     batched = model.generate(input_ids=ids, attention_mask=mask, **kw).scores
-    alone = model.generate(input_ids=torch.tensor([short]), attention_mask=torch.ones(1, 3, dtype=torch.long), **kw).scores
+    alone = model.generate(input_ids=torch.tensor([short]), attention_mask=torch.ones(1, 3, dtype=torch.long),
+                           **kw).scores
     for step, (b, a) in enumerate(zip(batched, alone)):
         torch.testing.assert_close(b[0], a[0], atol=1e-5, rtol=0, msg=f"step {step}")
     # and the padding really shifts positions when they are not taken from the mask

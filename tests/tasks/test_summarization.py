@@ -66,7 +66,8 @@ def test_articles_are_truncated_to_fit_and_the_loss_is_on_the_summary(tiny_causa
         assert labelled == list(range(len(prompt), len(prompt) + len(summary)))
 
 
-@pytest.mark.parametrize("method", [{"name": "lora", "r": 2}, {"name": "prompt", "num_virtual_tokens": 3, "init_text": "the"},
+@pytest.mark.parametrize("method", [{"name": "lora", "r": 2},
+                                    {"name": "prompt", "num_virtual_tokens": 3, "init_text": "the"},
                                     {"name": "head"}])
 def test_summarization_runs_end_to_end_with_rouge(tiny_causal_dir, news_dir, tmp_path, method):
     cfg = summarization_config(tiny_causal_dir, news_dir, tmp_path, method)

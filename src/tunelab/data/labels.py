@@ -42,7 +42,8 @@ class LabelSet:
     def encode(self, value, split: str) -> int:
         key = label_key(value)
         if key not in self.ids:
-            where = "one of the model's labels (data.labels)" if self.fixed else "in the label set (from the train split)"
+            where = ("one of the model's labels (data.labels)" if self.fixed
+                     else "in the label set (from the train split)")
             raise UserError(f"label {value!r} in the {split} split is not {where}: {', '.join(self.names)}")
         return self.ids[key]
 
@@ -60,7 +61,8 @@ def label_set(splits: datasets.DatasetDict, data: DataConfig) -> LabelSet:
         return LabelSet(list(feature.names), {str(i): i for i in range(feature.num_classes)})
     values = sorted({label_key(v) for v in splits["train"][data.label_column]})
     if len(values) < 2:
-        raise UserError(f"the train split has {len(values)} distinct label(s) in {data.label_column!r}; need at least 2")
+        raise UserError(f"the train split has {len(values)} distinct label(s) in {data.label_column!r}; "
+                        "need at least 2")
     return LabelSet(values, {v: i for i, v in enumerate(values)})
 
 
@@ -71,4 +73,5 @@ def check_columns(splits: datasets.DatasetDict, data: DataConfig) -> None:
     for split_name, split in splits.items():
         for key, column in wanted:
             if column not in split.column_names:
-                raise UserError(f"{key} {column!r} is not in the {split_name} split; columns: {', '.join(split.column_names)}")
+                raise UserError(f"{key} {column!r} is not in the {split_name} split; "
+                                f"columns: {', '.join(split.column_names)}")

@@ -54,7 +54,8 @@ def check_rows(raw: datasets.DatasetDict, files: dict[str, Path], data: DataConf
             if is_label and data.labels is not None:
                 check_known_labels(split, column, missing, data.labels, where, path)
         if notes and not data.drop_missing:
-            raise UserError(f"{where}: {' and '.join(notes)}; fill them in, or set data.drop_missing: true to drop them")
+            raise UserError(f"{where}: {' and '.join(notes)}; fill them in, "
+                            "or set data.drop_missing: true to drop them")
         kept[name] = split.select(np.flatnonzero(~bad)) if bad.any() else split
         dropped += int(bad.sum())
     return datasets.DatasetDict(kept), dropped

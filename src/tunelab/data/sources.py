@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from tunelab.tasks.options import TaskOptions
 
 # Local formats handled by the `datasets` packaged builders.
-LOCAL_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+LOCAL_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet",
+                  ".txt": "text"}
 SPLIT_NAMES = ("train", "validation", "test")
 
 
@@ -126,7 +127,8 @@ def read_rt_snippets(path: Path) -> datasets.DatasetDict:
         labels.append(int(score > 0))
     features = datasets.Features({"text": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=["negative", "positive"])})
-    return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)})
+    return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts, "label": labels},
+                                                                     features=features)})
 
 
 def read_wiki_slice(path: Path) -> datasets.DatasetDict:
@@ -153,7 +155,8 @@ def read_movie_reviews(path: Path) -> datasets.DatasetDict:
             texts.append(row[1].strip())
     features = datasets.Features({"text": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=["negative", "positive"])})
-    return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)})
+    return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts, "label": labels},
+                                                                     features=features)})
 
 
 EMBEDDED_READERS = {"rt-snippets": read_rt_snippets, "wiki-slice": read_wiki_slice, "movie-reviews": read_movie_reviews}
@@ -177,7 +180,8 @@ def read_local(path: Path) -> tuple[datasets.DatasetDict, dict[str, Path]]:
         files = {"train": path}
     suffixes = {f.suffix.lower() for f in files.values()}
     if len(suffixes) != 1 or next(iter(suffixes)) not in LOCAL_BUILDERS:
-        raise UserError(f"unsupported data file type {', '.join(sorted(suffixes))}; use one of {', '.join(LOCAL_BUILDERS)}")
+        raise UserError(f"unsupported data file type {', '.join(sorted(suffixes))}; "
+                        f"use one of {', '.join(LOCAL_BUILDERS)}")
     suffix = suffixes.pop()
     for f in files.values():
         _check_file(f, suffix)
@@ -233,7 +237,8 @@ def _check_utf8(path: Path) -> None:
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise UserError(f"{path} is not UTF-8 text (line {number}, byte {exc.start}); re-save it as UTF-8") from None
+                raise UserError(f"{path} is not UTF-8 text (line {number}, byte {exc.start}); "
+                                "re-save it as UTF-8") from None
 
 
 def _load_hub(cfg: DataConfig) -> datasets.DatasetDict:
@@ -242,7 +247,8 @@ def _load_hub(cfg: DataConfig) -> datasets.DatasetDict:
     except Exception as exc:
         known = ", ".join(catalog.names("dataset"))
         raise UserError(
-            f"unknown dataset {cfg.name!r}: not embedded ({known}), not a local file, and the hub said: {_first_line(exc)}"
+            f"unknown dataset {cfg.name!r}: not embedded ({known}), not a local file, "
+            f"and the hub said: {_first_line(exc)}"
         ) from None
     if not isinstance(loaded, datasets.DatasetDict):
         loaded = datasets.DatasetDict({"train": loaded})
@@ -267,8 +273,8 @@ def _ensure_splits(raw: datasets.DatasetDict, cfg: DataConfig) -> datasets.Datas
     order = np.random.default_rng(cfg.seed).permutation(len(train))
     if "test" in raw:  # only validation is missing: take it from train, keep the proportions
         n_valid = round(len(train) * fractions.validation / (fractions.train + fractions.validation))
-        return datasets.DatasetDict({"train": train.select(order[n_valid:]), "validation": train.select(order[:n_valid]),
-                                     "test": raw["test"]})
+        return datasets.DatasetDict({"train": train.select(order[n_valid:]),
+                                     "validation": train.select(order[:n_valid]), "test": raw["test"]})
     if "validation" in raw:  # test is missing: cut it from train
         n_test = round(len(train) * fractions.test / (fractions.train + fractions.test))
         return datasets.DatasetDict({"train": train.select(order[n_test:]), "validation": raw["validation"],

@@ -102,7 +102,8 @@ class Vocabulary:
         if not kept:
             top = max(counts.values())
             raise UserError(f"the vocabulary is empty: no word occurs method.min_freq={min_freq} times in the "
-                            f"train split (the most frequent occurs {top} times); lower method.min_freq to at most {top}")
+                            f"train split (the most frequent occurs {top} times); "
+                            f"lower method.min_freq to at most {top}")
         return cls([PAD, UNK, *kept], stop_words)
 
     def encode(self, text: str, max_length: int | None = None) -> list[int]:

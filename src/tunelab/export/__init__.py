@@ -117,7 +117,8 @@ def describe(run_dir: Path, cfg, fmt: str, labels: list[str] | None) -> dict:
 
     checkpoint = run_dir / runs.CHECKPOINT / "model.safetensors"
     record = {"format": fmt, "method": cfg.method.name, "task": cfg.task.name, "run_dir": str(run_dir.resolve()),
-              "checkpoint_sha256": sha256_file(checkpoint), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "checkpoint_sha256": sha256_file(checkpoint),
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "base_model": cfg.model.name, "base_model_path": resolve(cfg.model), "revision": cfg.model.revision,
               "method_options": cfg.method.model_dump(mode="json"),
               "versions": {**runs.versions(), "peft": peft.__version__, "safetensors": safetensors.__version__},

@@ -24,7 +24,8 @@ def readme(fmt: str, record: dict) -> str:
 def peft_readme(record: dict) -> str:
     base = record["base_model_path"]
     if record["task"] != "classification":
-        load = ("```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        load = ("```python\nfrom peft import PeftModel\n"
+                "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
                 f"base = AutoModelForCausalLM.from_pretrained({base!r})\nmodel = PeftModel.from_pretrained(base, DIR)\n"
                 f"tokenizer = AutoTokenizer.from_pretrained({base!r})\n```\n")
     else:
@@ -48,7 +49,8 @@ def merged_readme(record: dict) -> str:
     if record["task"] != "classification":
         return ("A plain transformers checkpoint (safetensors) with its tokenizer:\n\n```python\n"
                 "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-                "model = AutoModelForCausalLM.from_pretrained(DIR)\ntokenizer = AutoTokenizer.from_pretrained(DIR)\n```\n")
+                "model = AutoModelForCausalLM.from_pretrained(DIR)\n"
+                "tokenizer = AutoTokenizer.from_pretrained(DIR)\n```\n")
     head = record["head"]
     return ("The backbone as a plain transformers checkpoint (safetensors) with its tokenizer, and tunelab's "
             "classification head beside it: `head.safetensors` (weight, bias) and `head.json` (pooling, labels). "

@@ -46,7 +46,8 @@ class BottleneckAdapter(AdapterModule):
 def bottleneck_size(cfg: AdapterMethod, hidden: int) -> int:
     size = cfg.size if cfg.size is not None else max(1, round(hidden / cfg.reduction_factor))
     if size > hidden:
-        raise UserError(f"method.size {size} is larger than the hidden size {hidden}; a bottleneck must be at most {hidden}")
+        raise UserError(f"method.size {size} is larger than the hidden size {hidden}; "
+                        f"a bottleneck must be at most {hidden}")
     return size
 
 
@@ -58,9 +59,11 @@ def apply(model: nn.Module, cfg: AdapterMethod, family: Family | None, tokenizer
     patterns = [feed_forward] if cfg.placement == "pfeiffer" else [family.attention_output, feed_forward]
     skip = module_ids(heads)
     matches = [name for name, m in model.named_modules()
-               if id(m) not in skip and isinstance(m, (nn.Linear, Conv1D)) and any(re.search(p, name) for p in patterns)]
+               if id(m) not in skip and isinstance(m, (nn.Linear, Conv1D))
+               and any(re.search(p, name) for p in patterns)]
     if not matches:
-        raise UserError(f"found no attention/feed-forward output projections to put adapters after in this {family.name} model")
+        raise UserError("found no attention/feed-forward output projections to put adapters after "
+                        f"in this {family.name} model")
     hidden = model.config.hidden_size
     size = bottleneck_size(cfg, hidden)
     for name in matches:

@@ -73,7 +73,8 @@ class LoRALayer(AdapterModule):
         k = len(self.slice_index)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.lora_A = nn.Parameter(torch.empty(k, r, in_features, dtype=base.weight.dtype, device=base.weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(k, self.slice_size, r, dtype=base.weight.dtype, device=base.weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(k, self.slice_size, r, dtype=base.weight.dtype,
+                                               device=base.weight.device))
         self.initialise(init)
         self.merged = False
 

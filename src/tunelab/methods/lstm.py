@@ -45,7 +45,8 @@ def prepare(cfg, raw: datasets.DatasetDict, run_dir: Path | None = None) -> Prep
         vocab = word_vocab.Vocabulary.from_json(saved.read_text(encoding="utf-8"))
     else:
         vocab = word_vocab.Vocabulary.build(raw["train"][data.text_column], method.min_freq, method.stop_words)
-    splits = word_vocab.encode_splits(raw, vocab, data.text_column, data.label_column, cfg.task.max_length, labels.encode)
+    splits = word_vocab.encode_splits(raw, vocab, data.text_column, data.label_column, cfg.task.max_length,
+                                      labels.encode)
     set_seed(cfg.train.seed)  # the same seed gives the same initial weights
     model = LSTMClassifier(len(vocab), len(labels.names), method.embedding_dim, method.hidden_size, method.n_layers,
                            method.bidirectional, method.dropout)

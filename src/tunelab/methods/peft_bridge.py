@@ -28,6 +28,7 @@ from tunelab.methods.options import PeftMethod
 from tunelab.methods.peft_types import injectable_types
 from tunelab.models.families import Family
 
+
 def peft_config(cfg: PeftMethod):
     """The tuner's PEFT config; PEFT's own complaint about a value becomes one line."""
     config_class = injectable_types()[cfg.type][0]

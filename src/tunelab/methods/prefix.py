@@ -108,9 +108,9 @@ def apply(model: nn.Module, cfg: PrefixMethod, family: Family | None, tokenizer=
     argument = cache_argument(body)
     require_argument(body, argument, "prefix", f"a key/value cache ({' or '.join(CACHE_ARGUMENT_NAMES)})")
     weight = body.get_input_embeddings().weight
-    prefix = KeyValuePrefix(*key_value_shape(body.config), cfg.num_virtual_tokens, dtype=weight.dtype, device=weight.device,
-                            reparameterize=cfg.reparameterize, embed_dim=weight.shape[1], hidden_size=cfg.hidden_size,
-                            cache_argument=argument)
+    prefix = KeyValuePrefix(*key_value_shape(body.config), cfg.num_virtual_tokens, dtype=weight.dtype,
+                            device=weight.device, reparameterize=cfg.reparameterize, embed_dim=weight.shape[1],
+                            hidden_size=cfg.hidden_size, cache_argument=argument)
     body.add_module("kv_prefix", prefix)
     body.register_forward_pre_hook(prefix.seed_cache, with_kwargs=True)
     unfreeze([prefix, *heads])

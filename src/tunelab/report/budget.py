@@ -40,7 +40,8 @@ FIELDS: list[BudgetField] = [
     ("max steps", lambda run: setting(run, "train", "max_steps"),
      lambda v: "with no step limit" if v is None else "for at most " + _count(v, "step", "steps")),
     ("train examples", lambda run: run.summary.train_examples,
-     lambda v: "with no train-example count recorded" if v is None else "on " + _count(v, "train example", "train examples")),
+     lambda v: ("with no train-example count recorded" if v is None
+                else "on " + _count(v, "train example", "train examples"))),
 ]
 """What a row's budget is made of: (header, the value of a run, the value in words after "trains")."""
 
@@ -55,7 +56,8 @@ def budget_table(rows: list[Row]) -> Table:
         steps = distinct([run.summary.steps for run in row.runs])
         if any(run.summary.stopped_early for run in row.runs):
             steps += " (stopped early)"
-        lr = distinct([f"{v:.3g}" if isinstance(v, float) else v for v in (setting(r, "train", "lr") for r in row.runs)])
+        lr = distinct([f"{v:.3g}" if isinstance(v, float) else v
+                       for v in (setting(r, "train", "lr") for r in row.runs)])
         body.append([row.name, lr, values[0], values[1], steps, values[2]])
     return Table(headers, body, "budget")
 

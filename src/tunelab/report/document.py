@@ -126,7 +126,8 @@ def _html_block(block: Block) -> str:
         return html_table(block)
     if isinstance(block, Image):
         title, data = html.escape(block.title), base64.b64encode(block.png).decode()
-        return f'<figure><img alt="{title}" src="data:image/png;base64,{data}"><figcaption>{title}</figcaption></figure>'
+        return (f'<figure><img alt="{title}" src="data:image/png;base64,{data}">'
+                f'<figcaption>{title}</figcaption></figure>')
     if isinstance(block, Code):
         return f"<pre>{html.escape(block.text)}</pre>"
     if isinstance(block, BulletList):

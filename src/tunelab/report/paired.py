@@ -151,7 +151,8 @@ def verdict(paired: list[Paired], reference: Reference, metric: str, fmt) -> lis
              f"({fmt(reference.value)}); the test set is not used to pick it."]
     tested = [p for p in paired if p.p_holm is not None]
     if tested:
-        groups = {kind: [p for p in tested if p.verdict == kind] for kind in ("cannot be told apart", "worse", "better")}
+        groups = {kind: [p for p in tested if p.verdict == kind]
+                  for kind in ("cannot be told apart", "worse", "better")}
         parts = []
         if groups["cannot be told apart"]:
             names = listing([p.name for p in groups["cannot be told apart"]])

@@ -272,7 +272,8 @@ EMPTY = "–"
 
 def distinct(values: list[Any]) -> str:
     """The different values, comma-separated in the order met; EMPTY where none is known."""
-    found = list(dict.fromkeys(json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in values if v is not None))
+    found = list(dict.fromkeys(json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+                               for v in values if v is not None))
     return ", ".join(found) if found else EMPTY
 
 

@@ -84,11 +84,13 @@ def interval_note(results: Results) -> str | None:
         return None
     counts = distinct([FORMATS["int"](examples_tested(row.runs[0].summary)) for row in results.rows
                        if row.interval(shown[0].key)])
-    seeds = ", at the seeds' mean for a row with several seeds" if any(len(row.runs) > 1 for row in results.rows) else ""
+    seeds = (", at the seeds' mean for a row with several seeds" if any(len(row.runs) > 1 for row in results.rows)
+             else "")
     wilson = [c.header for c in shown if interval_kind(results, c.key) == "proportion"]
     boot = [c.header for c in shown if interval_kind(results, c.key) != "proportion"]
     kinds = ([f"the Wilson score interval of each proportion ({', '.join(wilson)})"] if wilson else []) + \
-            ([f"a percentile bootstrap over the test examples (2,000 replicates) for {', '.join(boot)}"] if boot else [])
+            ([f"a percentile bootstrap over the test examples (2,000 replicates) for {', '.join(boot)}"]
+             if boot else [])
     return f"In brackets: 95 % intervals over the {counts} test examples{seeds}: {' and '.join(kinds)}."
 
 
@@ -106,7 +108,8 @@ def notes(results: Results) -> list[str]:
     scored = [row for row in results.rows if row.mean(f"test_{pareto.metric}") is not None]
     if scored:
         top = (max if pareto.higher_is_better else min)(scored, key=lambda row: row.mean(f"test_{pareto.metric}"))
-        found.append(f"Best test {pareto.metric}: **{top.name}** ({FORMATS['metric'](top.mean(f'test_{pareto.metric}'))}).")
+        found.append(f"Best test {pareto.metric}: **{top.name}** "
+                     f"({FORMATS['metric'](top.mean(f'test_{pareto.metric}'))}).")
     if pareto.front:
         found.append(f"Pareto front (test {pareto.metric} against trainable parameters, fewest first): "
                      f"{', '.join(pareto.front)}.")

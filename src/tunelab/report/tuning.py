@@ -42,9 +42,9 @@ def untuned_note(configs: dict[str, str]) -> str | None:
     if not configs or tune_settings(configs) is not None:
         return None
     directory = next(iter(configs))
-    return (f"Each method ran at the one learning rate its entry gives (column lr under 'Budget per method'), chosen by "
-            f"hand. The learning rate moves a method's result more than the test set's noise does, so a verdict here "
-            f"may change when every method is tuned with the same budget: `tunelab compare --config "
+    return (f"Each method ran at the one learning rate its entry gives (column lr under 'Budget per method'), "
+            f"chosen by hand. The learning rate moves a method's result more than the test set's noise does, so a "
+            f"verdict here may change when every method is tuned with the same budget: `tunelab compare --config "
             f"{directory}/compare.yaml --tune --output {directory}-tuned` checks it (the same number of trials of "
             f"each method's learning rate on validation, then the chosen one on test).")
 
@@ -59,9 +59,9 @@ def section(trials: Trials, configs: dict[str, str]) -> list[Block]:
     same = len(set(counts.values())) == 1
     intro = (f"Every method got {settings.get('trials', max(counts.values()))} trials "
              f"({settings.get('sampler', 'grid')} sampler, pruner {settings.get('pruner', 'none')}) of a search on the "
-             f"validation split, by validation {first['metric']} ({'higher' if first['direction'] == 'maximize' else 'lower'}"
-             f" is better); the best completed trial's values then ran with the comparison's seeds, and only those final "
-             f"runs were evaluated on test.")
+             f"validation split, by validation {first['metric']} "
+             f"({'higher' if first['direction'] == 'maximize' else 'lower'} is better); the best completed trial's "
+             f"values then ran with the comparison's seeds, and only those final runs were evaluated on test.")
     if not same:
         intro += f" Trials that ran (completed or pruned) differ: {', '.join(f'{e} {n}' for e, n in counts.items())}."
     blocks: list[Block] = [Heading("Tuning"), Paragraph(intro), chosen_table(trials)]

@@ -60,7 +60,8 @@ def run_sweep(config: str, trials: int | None = None, storage: str | None = None
     if recovered:
         print(f"trials {', '.join(map(str, recovered))} were interrupted; they continue from their last snapshot",
               file=sys.stderr)
-    command = [sys.executable, "-m", "tunelab.sweep.worker", str(directory)] + (["--storage", storage] if storage else [])
+    command = ([sys.executable, "-m", "tunelab.sweep.worker", str(directory)]
+               + (["--storage", storage] if storage else []))
     launcher = launcher or space.settings.launcher
     command += ["--launcher", launcher] if launcher else []
     procs = [subprocess.Popen(command) for _ in range(workers)]

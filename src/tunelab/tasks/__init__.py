@@ -106,7 +106,8 @@ def batch_counts(batch: Batch) -> dict[str, Any]:
     """``examples``, non-pad ``tokens`` and padded ``positions`` of a batch with an
     ``attention_mask`` (or, for precomputed features, the ``lengths`` of the inputs they stand for)."""
     if "attention_mask" not in batch:
-        return {"examples": len(batch["lengths"]), "tokens": batch["lengths"].sum(), "positions": batch["lengths"].sum()}
+        return {"examples": len(batch["lengths"]), "tokens": batch["lengths"].sum(),
+                "positions": batch["lengths"].sum()}
     mask = batch["attention_mask"]
     return {"examples": mask.shape[0], "tokens": mask.sum(), "positions": mask.numel()}
 

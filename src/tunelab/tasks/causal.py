@@ -112,7 +112,8 @@ def answer_ids(tokenizer, text: str, key: str) -> list[int]:
 def pad(sequences: Iterable[list[int]], value: int, left: bool = False) -> torch.Tensor:
     sequences = list(sequences)
     width = max(len(s) for s in sequences)
-    rows = [([value] * (width - len(s)) + list(s)) if left else (list(s) + [value] * (width - len(s))) for s in sequences]
+    rows = [([value] * (width - len(s)) + list(s)) if left else (list(s) + [value] * (width - len(s)))
+            for s in sequences]
     return torch.tensor(rows, dtype=torch.long)
 
 

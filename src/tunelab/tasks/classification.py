@@ -60,7 +60,8 @@ class SequenceClassifier(nn.Module):
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
         """The body's output pooled to one vector per example, (B, H)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state  # (B, T, H)
+        # the last hidden states, (B, T, H)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         elif self.pooling == "last":  # works for left and right padding alike
@@ -169,8 +170,9 @@ def use_cached_features(prepared: Prepared) -> None:
     prepared.splits, prepared.lengths = features.feature_splits(model, prepared.splits, collate, cfg.eval.batch_size)
     prepared.collate = features.collate_features
     encode = prepared.encode_texts
-    prepared.encode_texts = lambda texts: [{"features": f, "length": torch.tensor(n)} for f, n in
-                                           zip(*features.pooled_features(model, encode(texts), collate, cfg.eval.batch_size))]
+    prepared.encode_texts = lambda texts: [
+        {"features": f, "length": torch.tensor(n)}
+        for f, n in zip(*features.pooled_features(model, encode(texts), collate, cfg.eval.batch_size))]
 
 
 def before_training(model, accelerator, prepared, test_loader) -> dict:

@@ -81,14 +81,16 @@ def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
     words = resolve_label_words(task, labels.names)
     check_context_length(cfg, load_config(cfg.model))
     tokenizer = load_tokenizer(cfg.model)
-    answers = [causal.answer_ids(tokenizer, task.answer_prefix + w, f"label word of {n!r}") for w, n in zip(words, labels.names)]
+    answers = [causal.answer_ids(tokenizer, task.answer_prefix + w, f"label word of {n!r}")
+               for w, n in zip(words, labels.names)]
     if len({tuple(a) for a in answers}) < len(answers):
         raise UserError(f"task.label_words {words} do not tokenize to distinct answers; give distinct words")
     preamble = ""
     if task.shots:
         demos = draw_demonstrations(raw["train"], data.label_column, labels, task.shots, task.shots_seed)
-        preamble = "".join(causal.render(task.template, d) + task.answer_prefix + words[labels.encode(d[data.label_column], "train")]
-                           + task.shot_separator for d in demos)
+        preamble = "".join(causal.render(task.template, d) + task.answer_prefix
+                           + words[labels.encode(d[data.label_column], "train")] + task.shot_separator
+                           for d in demos)
     budget = task.max_length - max(len(a) for a in answers)
 
     def encode(example, split_name):
@@ -133,14 +135,16 @@ def label_nll(model, prompts: list[list[int]], answers: list[list[int]], pad_id:
     single = [j for j, a in enumerate(answers) if len(a) == 1]
     if single and next_logprobs is None:
         batch = causal.lm_batch(prompts, prompts, pad_id)
-        next_logprobs = causal.next_token_logprobs(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        next_logprobs = causal.next_token_logprobs(model, batch["input_ids"].to(device),
+                                                   batch["attention_mask"].to(device))
     for j in single:
         nlls[j] = -next_logprobs[:, answers[j][0]]
     for j, answer in enumerate(answers):
         if nlls[j] is None:
             pairs = [causal.prompt_answer(p, answer) for p in prompts]
             batch = causal.lm_batch([x for x, _ in pairs], [y for _, y in pairs], pad_id)
-            nlls[j], _ = causal.token_nll(model, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")))
+            nlls[j], _ = causal.token_nll(model, *(batch[k].to(device)
+                                                   for k in ("input_ids", "attention_mask", "labels")))
     return torch.stack(nlls, dim=1), torch.tensor([len(a) for a in answers], device=device)
 
 
@@ -186,7 +190,8 @@ def evaluate(model, loader, accelerator, prepared, split: str = "validation") ->
                "accuracy": score_accuracy, "examples": int(c["gold"].numel())}
     if generate:
         accuracy = (c["generated"] == c["gold"]).float().mean().item()
-        metrics.update(accuracy=accuracy, generate_accuracy=accuracy, invalid_rate=(c["generated"] < 0).float().mean().item())
+        metrics.update(accuracy=accuracy, generate_accuracy=accuracy,
+                       invalid_rate=(c["generated"] < 0).float().mean().item())
         prepared.extras[f"{split}_outputs"] = columns["texts"]
     if split == "test":
         metrics["predictions"] = predictions(c, columns["texts"], prepared.label_names, generate)

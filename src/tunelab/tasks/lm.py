@@ -65,7 +65,8 @@ def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
                             f"columns: {', '.join(split.column_names)}")
     check_context_length(cfg, load_config(cfg.model), task.block_size, key="task.block_size")
     tokenizer = load_tokenizer(cfg.model)
-    streams = {name: token_stream([t or "" for t in split[column]], tokenizer, task.join) for name, split in raw.items()}
+    streams = {name: token_stream([t or "" for t in split[column]], tokenizer, task.join)
+               for name, split in raw.items()}
     train_blocks = blocks(streams["train"], task.block_size)
     if not train_blocks:
         raise UserError(f"the train split has {len(streams['train'])} tokens, fewer than one block of "
@@ -76,7 +77,8 @@ def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
         if len(streams[name]) < 2:
             raise UserError(f"the {name} split has {len(streams[name])} tokens; need at least 2 to measure perplexity")
         windows = sliding_windows(streams[name], task.block_size, stride)
-        splits[name] = datasets.Dataset.from_dict({"input_ids": [w for w, _ in windows], "labels": [lab for _, lab in windows]})
+        splits[name] = datasets.Dataset.from_dict({"input_ids": [w for w, _ in windows],
+                                                   "labels": [lab for _, lab in windows]})
     model, counts = causal.load_model(cfg, tokenizer)
     return Prepared(model, tokenizer, datasets.DatasetDict(splits), collator(tokenizer.pad_token_id), [], counts,
                     task=sys.modules[__name__], cfg=cfg)

@@ -150,7 +150,8 @@ class InstructTask(TaskOptions):
         return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
     def required_columns(self, data: DataConfig) -> dict[str, str]:
-        return {**dict.fromkeys(template_fields(self.template), "task.template"), data.label_column: "data.label_column"}
+        return {**dict.fromkeys(template_fields(self.template), "task.template"),
+                data.label_column: "data.label_column"}
 
 
 class LMTask(TaskOptions):
@@ -220,7 +221,8 @@ class SummarizationTask(TaskOptions):
         return ["loss", "rouge1", "rouge2", "rougeL"] if self.rouge_on_validation else ["loss"]
 
     def required_columns(self, data: DataConfig) -> dict[str, str]:
-        return {**dict.fromkeys(template_fields(self.template), "task.template"), self.summary_column: "task.summary_column"}
+        return {**dict.fromkeys(template_fields(self.template), "task.template"),
+                self.summary_column: "task.summary_column"}
 
 
 class DPOObjective(Strict):

@@ -79,7 +79,8 @@ def collator(pad_id: int):
     """The B chosen rows, then the B rejected rows, right-padded; labels on the responses only."""
 
     def collate(examples: list[dict]) -> dict:
-        pairs = [causal.prompt_answer(e["prompt_ids"], e[key]) for key in ("chosen_ids", "rejected_ids") for e in examples]
+        pairs = [causal.prompt_answer(e["prompt_ids"], e[key])
+                 for key in ("chosen_ids", "rejected_ids") for e in examples]
         batch = causal.lm_batch([x for x, _ in pairs], [y for _, y in pairs], pad_id)
         if REFERENCE in examples[0]:
             batch[REFERENCE] = torch.tensor([e[REFERENCE][i] for i in (0, 1) for e in examples])
@@ -157,7 +158,8 @@ def evaluate(model, loader, accelerator, prepared, split: str = "validation") ->
     for batch in loader:
         out, policy = pair_results(model, batch, prepared.cfg.task.objective)
         n = out.loss.shape[0]
-        values = (out.loss, out.accuracies, out.margins, out.chosen_rewards, out.rejected_rewards, policy[:n], policy[n:])
+        values = (out.loss, out.accuracies, out.margins, out.chosen_rewards, out.rejected_rewards,
+                  policy[:n], policy[n:])
         for key, gathered in zip(keys, accelerator.gather_for_metrics(values)):
             columns[key].append(gathered.float().cpu())
     model.train(was_training)
