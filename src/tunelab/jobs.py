@@ -338,8 +338,7 @@ def run_comparison(plan: compare.Plan, progress: bool = True, workers: int = 1,
         here = [run.run_dir.name for run in plan.runs if (run.run_dir / "summary.json").exists()]
         if not here and storage is not None:  # other workers on the same storage took every final run
             return outcome, None
-        elsewhere = [run.run_dir.name for run in plan.runs
-                     if run.run_dir.name not in here and not outcome.get(run.run_dir.name, "").startswith("failed")]
+        elsewhere = [run.run_dir.name for run in plan.runs if run.run_dir.name not in {*here, *failed}]
         return outcome, report.write_report([plan.directory], plan.directory, failed=failed, elsewhere=elsewhere)
     finally:
         lock.release()
@@ -357,10 +356,9 @@ def check_directory(plan: compare.Plan) -> None:
         return
     tuned_before = bool(isinstance(before, dict) and before.get("tune"))
     if tuned_before != (plan.config.tune is not None):
-        kind = "a tuned" if tuned_before else "an untuned"
-        raise UserError(f"{plan.directory} holds {kind} comparison; a {'tuned' if not tuned_before else 'untuned'} one "
-                        f"needs its own directory: "
-                        f"give --output {plan.directory}-{'tuned' if not tuned_before else 'untuned'}")
+        kind, wanted = ("a tuned", "untuned") if tuned_before else ("an untuned", "tuned")
+        raise UserError(f"{plan.directory} holds {kind} comparison; a {wanted} one needs its own directory: "
+                        f"give --output {plan.directory}-{wanted}")
 
 
 def run_workers(comparison: Comparison, workers: int, storage: str | None, bars: compare.Bars) -> None:
