@@ -38,9 +38,10 @@ from tunelab.config import (
 from tunelab.errors import UserError
 from tunelab.launch import die_with_parent, tunelab_command
 from tunelab.methods import METHODS
+from tunelab.shipped import CONFIGS, resolve_config
 from tunelab.tasks import TASKS
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "minilm-l6" / "compare-rt-snippets.yaml"
+DEFAULT_CONFIG = CONFIGS / "minilm-l6" / "compare-rt-snippets.yaml"
 """`tunelab compare` with no --config: every method on minilm-l6 and rt-snippets."""
 
 RUN_SECTIONS = ("model", "data", "task", "method", "train", "eval")
@@ -87,9 +88,9 @@ def load_compare_config(path: str | Path | None, overrides: dict[str, Any] | Non
                         quick: bool = False) -> CompareConfig:
     """Read a comparison YAML (the default comparison when ``path`` is None), apply the
     ``--quick`` preset and ``--section.key`` overrides, validate once."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    path = resolve_config(path) if path is not None else DEFAULT_CONFIG
     if not path.is_file():
-        hint = "" if path != DEFAULT_CONFIG else " (the default comparison ships with the repository's configs/)"
+        hint = "" if path != DEFAULT_CONFIG else " (the default comparison ships inside the package: reinstall tunelab)"
         raise UserError(f"comparison config not found: {path}{hint}")
     raw = read_yaml_mapping(path, "model, data, task, train, eval, methods, seeds, output",
                             "run tunelab compare without --config for the default comparison")

@@ -16,6 +16,7 @@ from tunelab.errors import UserError
 from tunelab.methods import METHODS
 from tunelab.methods.options import LoRAMethod, MethodOptions
 from tunelab.schema import Strict
+from tunelab.shipped import resolve_config
 from tunelab.tasks import TASKS
 from tunelab.tasks.options import ClassificationTask, TaskOptions
 
@@ -253,7 +254,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """Read a YAML config (or start from defaults), apply overrides, validate once."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
+        path = resolve_config(path)
         if not path.exists():
             raise UserError(f"config file not found: {path}")
         raw = read_yaml_mapping(path, "model, data, ...",

@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from tunelab.config import RunConfig, deep_merge, describe_validation_error, read_yaml_mapping, validate_config
 from tunelab.errors import UserError
 from tunelab.schema import Strict
+from tunelab.shipped import resolve_config
 from tunelab.study import encode
 
 RUN_SECTIONS = ("model", "data", "task", "method", "train", "eval")
@@ -150,7 +151,7 @@ class Space(BaseModel):
 
 
 def load_space(path: str | Path, trials: int | None = None) -> Space:
-    path = Path(path)
+    path = resolve_config(path)
     if not path.is_file():
         raise UserError(f"sweep config not found: {path}")
     raw = read_yaml_mapping(path, "model, data, task, method, train, eval, search, sampler, objective, ...")
