@@ -7,7 +7,7 @@ LoRA (r=8, alpha=16 on query/key/value; the classifier trains too), the same opt
 schedule (AdamW lr 2e-3, 6 % linear warm-up, clipping at 1.0), batch and epochs, one after
 another in this one process:
 
-1. ``tunelab``: ``tunelab.train`` as ``tunelab train`` runs it (its one validation at the end
+1. ``tunelab``: ``tunelab.loop`` as ``tunelab train`` runs it (its one validation at the end
    of the epoch is not counted in the step time);
 2. ``peft loop``: a plain PyTorch loop over a PEFT-wrapped model, random batches;
 3. ``hf trainer``: Hugging Face ``Trainer`` over the same PEFT-wrapped model, at its default
@@ -69,7 +69,7 @@ def run_config(args, run_dir: Path) -> dict:
 def run_tunelab(args, run_dir: Path):
     """tunelab's own loop; returns (row, the prepared run: its data serves the other two loops)."""
     from tunelab.build import prepare
-    from tunelab.train import train
+    from tunelab.loop import train
 
     cfg = load_config(None, run_config(args, run_dir))
     prepared = prepare(cfg)

@@ -16,7 +16,8 @@ import torch
 import yaml
 from filelock import FileLock
 
-from tunelab import cli, compare, runs
+from tunelab import cli, runs
+from tunelab import comparison as compare
 from tunelab.methods import METHODS
 
 CONFIGS = Path(__file__).parents[1] / "configs"

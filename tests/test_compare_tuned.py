@@ -320,7 +320,7 @@ def test_two_workers_on_postgresql_run_disjoint_runs_whose_union_is_the_comparis
 def test_a_studys_guard_is_the_search_as_set_not_the_defaults_around_it(setup):
     """An option a later tunelab adds (with its default) must not make an earlier study look like
     another search: the guard reads the config with defaults left out. A value set differs."""
-    from tunelab import compare
+    from tunelab import comparison as compare
     from tunelab.jobs import grouped
     from tunelab.tuning import tuning_for
 

@@ -268,7 +268,7 @@ def test_section_override_without_name_is_still_validated():
 
 
 def test_every_shipped_config_validates():
-    # comparison configs (with `methods`) are checked in tests/test_compare.py, sweeps in tests/sweep/
+    # comparison configs (with `methods`) are checked in tests/test_compare.py, sweeps in tests/sweeps/
     paths = sorted(p for p in REPO.glob("configs/**/*.yaml")
                    if not {"methods", "search", "points"} & set(yaml.safe_load(p.read_text())))
     assert paths, "no YAML files under configs/"

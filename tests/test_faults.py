@@ -26,7 +26,7 @@ from conftest import cli_args
 from tunelab import cli, runs
 
 SRC = Path(runs.__file__).parent
-WATCHED = ("runs.py", "train.py", "summary.py", "export", "report", "compare.py", "jobs.py", "catalog.py",
+WATCHED = ("runs.py", "loop.py", "summary.py", "export", "report", "comparison.py", "jobs.py", "catalog.py",
            "train_command.py", "sweep")
 """Where tunelab's own writes are made (by path under src/tunelab); files.py holds the helpers they share."""
 

@@ -147,8 +147,8 @@ def test_compare_hands_each_run_to_the_launcher(tiny_bert_no_dropout_dir, tmp_pa
 
 def test_a_launcher_is_the_words_before_dash_m_and_does_not_change_what_a_sweep_is():
     from tunelab.launch import tunelab_command
-    from tunelab.sweep import config_text
-    from tunelab.sweep.space import SweepSettings, build_space
+    from tunelab.sweeps import config_text
+    from tunelab.sweeps.space import SweepSettings, build_space
 
     given = "torchrun --nproc_per_node 2 --master_port 29511"
     assert tunelab_command(given) == [*given.split(), "-m", "tunelab.cli"]

@@ -13,9 +13,14 @@ For evaluation the order does not matter: :class:`SortedBatches` sorts the whole
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
+from torch.utils.data import DataLoader
+
+if TYPE_CHECKING:
+    from tunelab.config import RunConfig
+    from tunelab.tasks import Prepared
 
 
 def example_lengths(split, collate: Callable[[list[dict]], dict]) -> list[int]:
@@ -83,3 +88,26 @@ class SortedBatches:
 
     def __len__(self) -> int:
         return math.ceil(len(self.order) / self.batch_size)
+
+
+def make_loaders(cfg: RunConfig, prepared: Prepared, processes: int = 1) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """Train batches grouped by length (or plainly shuffled); evaluation sorted by length,
+    which changes no metric, only how much padding is computed. The batches are global: each
+    of the ``processes`` gets its slice of them."""
+    collate, splits = prepared.collate, prepared.splits
+    train_batch, eval_batch = cfg.train.batch_size * processes, cfg.eval.batch_size * processes
+    known = prepared.lengths or {}
+
+    def lengths(name: str) -> list[int]:
+        return known[name] if name in known else example_lengths(splits[name], collate)
+
+    def sorted_loader(name: str) -> DataLoader:
+        return DataLoader(splits[name], batch_sampler=SortedBatches(lengths(name), eval_batch), collate_fn=collate)
+
+    if cfg.train.group_by_length:
+        batches = LengthGroupedBatches(lambda: lengths("train"), train_batch, cfg.train.seed,
+                                       size=len(splits["train"]))
+        train = DataLoader(splits["train"], batch_sampler=batches, collate_fn=collate)
+    else:
+        train = DataLoader(splits["train"], batch_size=train_batch, shuffle=True, collate_fn=collate)
+    return train, sorted_loader("validation"), sorted_loader("test")

@@ -7,13 +7,15 @@ line with exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
 from pathlib import Path
 
-from tunelab.errors import UserError
+from tunelab.errors import PATH_ERRORS, UserError, describe_os_error
+
+TRACK_HELP = ("experiment trackers to log to, comma-separated: tensorboard, mlflow, trackio, wandb "
+              "(offline; see the README, 'Tracking')")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,13 +109,18 @@ def cmd_params(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
-    from tunelab import compare, jobs
+    from tunelab import comparison as compare
+    from tunelab import jobs
     from tunelab.compare_config import TuneConfig
     from tunelab.config import parse_overrides
 
     cfg = compare.load_compare_config(args.config, parse_overrides(extra), quick=args.quick)
     if args.launcher:
         cfg.launcher = args.launcher
+    if args.track:
+        from tunelab.tracking import parse_track
+
+        cfg.output.track = parse_track(args.track)
     if args.tune and cfg.tune is None:
         cfg.tune = TuneConfig()
     plan = compare.plan(cfg, methods=args.methods, seeds=args.seeds, output=args.output, quick=args.quick)
@@ -216,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_catalog_commands(sub)
     from tunelab.export.command import add_export_command
     from tunelab.pairs import add_pairs_command
-    from tunelab.sweep.command import add_sweep_command
+    from tunelab.sweeps.command import add_sweep_command
 
     add_sweep_command(sub)
     add_pairs_command(sub)
@@ -228,6 +235,7 @@ def add_run_commands(sub) -> None:
     p = sub.add_parser("train", help="train one run; options come from --config and --section.key overrides")
     p.add_argument("--config", help="YAML config file (see configs/)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last snapshot")
+    p.add_argument("--track", help=TRACK_HELP)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="rebuild a run from base weights + checkpoint and evaluate it, on its data or "
@@ -291,6 +299,7 @@ def add_comparison_commands(sub) -> None:
                                      "the comparison directory)")
     p.add_argument("--launcher", help="start each run with this launcher, e.g. \"torchrun --nproc_per_node 2\" "
                                       "(see the README, 'Several processes')")
+    p.add_argument("--track", help=TRACK_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
 
@@ -331,36 +340,12 @@ def add_catalog_commands(sub) -> None:
     p.set_defaults(func=cmd_fetch)
 
 
-PATH_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
-               errno.ENAMETOOLONG, errno.EFBIG}
-"""OS errors that are about a path the user gave or a disk they control: one line, not a bug."""
-
-
-def describe_os_error(exc: OSError) -> str:
-    """One line: which file, what is wrong, and (for a full disk) which device and that the last
-    good files were kept (every file tunelab writes is written aside and renamed into place)."""
-    path = exc.filename or "a file"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return (f"no space left on the device holding {path} (mounted at {mount_point(Path(str(path)))}) while "
-                f"writing it; free some space and run the same command again: the last good files are intact")
-    return f"{path}: {exc.strerror or exc}"
-
-
 def close_progress_bars() -> None:
     """A bar left open by an error would share its line with the error line."""
     from tqdm import tqdm
 
     for bar in list(getattr(tqdm, "_instances", [])):
         bar.close()
-
-
-def mount_point(path: Path) -> Path:
-    path = path.resolve()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    while not os.path.ismount(path) and path != path.parent:
-        path = path.parent
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SerializeAsAny, field_validator
 
-from tunelab.config import DataConfig, EvalConfig, ModelConfig, TrainConfig
+from tunelab.config import DataConfig, EvalConfig, ModelConfig, Tracker, TrainConfig
 from tunelab.schema import Strict
 from tunelab.tasks import TASKS
 from tunelab.tasks.options import ClassificationTask, TaskOptions
@@ -20,6 +20,8 @@ class CompareOutput(Strict):
     dir: str | None = None
     """Comparison directory (one run directory per method and seed, plus the report).
     None: runs/compare-<model>-<data>, with -quick added under --quick."""
+    track: list[Tracker] = []
+    """Trackers every run logs to (``--track``), grouped by the comparison directory's name."""
 
 
 class TuneConfig(Strict):

@@ -132,11 +132,21 @@ class EvalConfig(Strict):
     ever see test."""
 
 
+Tracker = Literal["tensorboard", "mlflow", "trackio", "wandb"]
+"""An experiment tracker a run's records can go to (tunelab.tracking)."""
+
+
 class OutputConfig(Strict):
     dir: str | None = None
     """Run directory. None: runs/<model>-<data>-<method>, with -2, -3 ... added when taken."""
     overwrite: bool = False
     """Allow writing into a run directory that already holds a finished run."""
+    track: list[Tracker] = []
+    """Experiment trackers that get every record of metrics.jsonl and the config (``--track``),
+    offline by default (tunelab.tracking). Part of the output: tracking changes no result."""
+    group: str | None = None
+    """The comparison or sweep the run belongs to: its MLflow experiment, W&B group and trackio
+    project. Set by ``tunelab compare`` and ``tunelab sweep``; None: ``tunelab``."""
 
 
 class RunConfig(Strict):
@@ -152,6 +162,13 @@ class RunConfig(Strict):
 
     _task = field_validator("task", mode="before")(lambda cls, value: TASKS.parse(value))
     _method = field_validator("method", mode="before")(lambda cls, value: METHODS.parse(value))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None,
+                  overrides: dict[str, Any] | list[str] | None = None) -> RunConfig:
+        """A config file (None: the defaults) with the command line's overrides, validated once:
+        ``{"train.lr": 1e-3, "method.r": 16}`` or ``["--train.lr", "1e-3"]``."""
+        return load_config(path, dotted_overrides(overrides))
 
     def run_dir(self) -> Path:
         if self.output.dir:
@@ -193,6 +210,25 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise UserError(f"override --{key} conflicts with another override")
         node[leaf] = parsed
+    return nested
+
+
+def dotted_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    """Overrides as Python gives them (``{"train.lr": 1e-3}``; nested mappings too) or as the command
+    line does (``["--train.lr", "1e-3"]``), as one nested mapping."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, (list, tuple)):
+        return parse_overrides(list(overrides))
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        if not parents and not isinstance(value, dict):
+            raise UserError(f"override {key!r} must name a section and a key, e.g. method.r")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = deep_merge(node.get(leaf, {}), value) if isinstance(value, dict) else value
     return nested
 
 

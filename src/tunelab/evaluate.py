@@ -119,11 +119,18 @@ def predict_run(run_dir: Path, texts: list[str]) -> list[dict[str, Any]]:
 
     if not texts:
         raise UserError("give at least one text to classify, e.g. tunelab predict RUN_DIR \"a gripping film\"")
-    cfg, prepared = rebuild_run(run_dir)
+    return predict(*rebuild_run(run_dir), texts)
+
+
+@torch.no_grad()
+def predict(cfg, prepared, texts: list[str]) -> list[dict[str, Any]]:
+    """:func:`predict_run` on a rebuilt run (``tunelab.load(...).predict``)."""
+    from tunelab.errors import UserError
+
     if prepared.encode_texts is None:
-        raise UserError(f"predict needs a classification run; {run_dir} is a {cfg.task.name} run")
+        raise UserError(f"predict needs a classification run; this is a {cfg.task.name} run")
     if cfg.data.text_pair_column:
-        raise UserError(f"{run_dir} classifies text pairs ({cfg.data.text_column}, {cfg.data.text_pair_column}); "
+        raise UserError(f"the run classifies text pairs ({cfg.data.text_column}, {cfg.data.text_pair_column}); "
                         "predict takes single texts")
     model = prepared.model.eval()
     features = prepared.encode_texts(texts)

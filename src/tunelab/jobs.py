@@ -28,7 +28,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from tunelab import compare
+from tunelab import comparison as compare
 from tunelab import study as studies
 from tunelab.errors import UserError
 from tunelab.launch import die_with_parent

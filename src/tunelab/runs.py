@@ -256,8 +256,8 @@ def versions() -> dict[str, str]:
     import datasets
     import transformers
 
-    import tunelab
+    from tunelab.version import __version__
 
-    return {"tunelab": tunelab.__version__, "python": platform.python_version(), "torch": torch.__version__,
+    return {"tunelab": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "accelerate": accelerate.__version__,
             "datasets": datasets.__version__}

@@ -13,7 +13,7 @@ trials of this host are judged (a process of another machine cannot be seen from
 machine that died is recovered by running the same command on it again.
 
 Each trial's training is its own ``tunelab train`` process, which reports every validation to
-the trial (:mod:`tunelab.sweep.pruning`) when the study prunes.
+the trial (:mod:`tunelab.sweeps.pruning`) when the study prunes.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def recover(study: optuna.Study) -> list[int]:
 def trial_environment(study: optuna.Study, trial: optuna.Trial, metric: str, pruner: str, startup_trials: int,
                       storage_url: str | None, directory: Path) -> dict[str, str]:
     """What a trial's training process needs to report its validations to the trial
-    (:func:`tunelab.sweep.pruning.reporter_from_env`)."""
+    (:func:`tunelab.sweeps.pruning.pruner_from_env`)."""
     where = {"storage": storage_url, "journal": None if storage_url else str(directory / JOURNAL),
              "study": study.study_name, "trial_id": trial._trial_id, "metric": metric,
              "pruner": pruner, "pruner_startup_trials": startup_trials}

@@ -75,15 +75,18 @@ class Summary:
     """What only this run's task reports (preference: ``generation``, ``reference``), written
     to summary.json under the task's name rather than as fields of every summary."""
     pruned: bool = False
-    """A sweep's pruner stopped this trial at a validation (tunelab.sweep)."""
+    """A sweep's pruner stopped this trial at a validation (tunelab.sweeps)."""
     checksums: dict[str, str] | None = None
     """sha256 of the files a later command trusts (the checkpoint's tensors, an LSTM's vocab.json),
     by their path in the run directory; eval, predict, generate, export check them first."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys of a summary written by another tunelab version that this one does not know."""
+    run_dir: Path | None = field(default=None, compare=False)
+    """Where the run is (not written: a run directory can be moved); ``tunelab.load`` takes it."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("run_dir")
         data.update(data.pop("extra"))
         results = data.pop("task_results")
         if results:
@@ -97,7 +100,7 @@ class Summary:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Summary":
-        known = {f.name for f in fields(cls)} - {"extra", "task_results"}
+        known = {f.name for f in fields(cls)} - {"extra", "task_results", "run_dir"}
         values = {k: v for k, v in data.items() if k in known}
         results = data.get(data.get("task"))
         values["task_results"] = results if isinstance(results, dict) else {}
@@ -128,7 +131,9 @@ class Summary:
 
     @classmethod
     def read(cls, run_dir: Path) -> "Summary":
-        return cls.from_dict(json.loads((run_dir / FILE).read_text(encoding="utf-8")))
+        summary = cls.from_dict(json.loads((run_dir / FILE).read_text(encoding="utf-8")))
+        summary.run_dir = Path(run_dir)
+        return summary
 
     def metric(self, split: str, name: str) -> Any:
         """One metric of ``test``, ``validation`` or ``before`` (None when absent)."""

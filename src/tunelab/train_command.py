@@ -22,9 +22,12 @@ def format_metrics(metrics: dict, split: str) -> str:
 def train_target(args: argparse.Namespace, extra: list[str]):
     """The run's config, its directory, and whether it resumes; every refusal before any write."""
     from tunelab import runs
-    from tunelab.config import load_config, parse_overrides
+    from tunelab.config import deep_merge, load_config, parse_overrides
+    from tunelab.tracking import parse_track
 
     overrides = parse_overrides(extra)
+    if getattr(args, "track", None):
+        overrides = deep_merge(overrides, {"output": {"track": parse_track(args.track)}})
     if args.resume:
         run_dir = Path(args.resume)
         if overrides or args.config:
@@ -34,7 +37,15 @@ def train_target(args: argparse.Namespace, extra: list[str]):
         if (run_dir / "summary.json").is_file():
             raise UserError(f"{run_dir} already finished (summary.json exists); nothing to resume")
         return load_config(run_dir / "config.yaml"), run_dir, runs.has_snapshot(run_dir)
-    cfg = load_config(args.config, overrides)
+    return place(load_config(args.config, overrides)) + (False,)
+
+
+def place(cfg) -> tuple:
+    """A new run's config (its default directory name made unique) and its directory, refused
+    before anything is written if that directory cannot take it."""
+    from tunelab.tracking import check_trackers
+
+    check_trackers(cfg.output.track)
     run_dir = cfg.run_dir()
     check_writable(run_dir)
     if cfg.output.dir is None:  # a default name never clobbers: runs/x, runs/x-2, runs/x-3 ...
@@ -48,7 +59,7 @@ def train_target(args: argparse.Namespace, extra: list[str]):
         hint = "pick another --output.dir or add --output.overwrite true" if finished else \
             f"continue it with tunelab train --resume {run_dir}, or add --output.overwrite true"
         raise UserError(f"{run_dir} already holds a {'finished' if finished else 'started'} run; {hint}")
-    return cfg, run_dir, False
+    return cfg, run_dir
 
 
 def check_writable(run_dir: Path) -> None:
@@ -67,29 +78,38 @@ def check_writable(run_dir: Path) -> None:
 
 
 def train_from_cli(args: argparse.Namespace, extra: list[str]) -> int:
-    from tunelab.build import prepare
-    from tunelab.launch import die_with_parent, make_accelerator, started_by_launcher
-    from tunelab.train import train
+    from tunelab.launch import die_with_parent, started_by_launcher
 
     if started_by_launcher():
         die_with_parent()  # a rank never outlives its launcher (torchrun gives each its own session)
     cfg, run_dir, resume = train_target(args, extra)
+    summary, main = run_training(cfg, run_dir, resume, resuming=bool(args.resume))
+    if main:
+        print(f"{format_metrics(summary.test, 'test')}  train time {summary.train_time_s:.0f}s  "
+              f"-> {run_dir / 'summary.json'}")
+    return 0
+
+
+def run_training(cfg, run_dir: Path, resume: bool = False, resuming: bool = False) -> tuple:
+    """Train in ``run_dir`` (``resume``: from its snapshot; ``resuming``: a run started before,
+    whose files are read back); the summary, and whether this is the main process."""
+    from tunelab.build import prepare
+    from tunelab.launch import make_accelerator
+    from tunelab.loop import train
+
     # Every process has made its checks before the main one writes anything (several processes:
     # torchrun or accelerate launch); only the main process writes the run directory.
     accelerator = make_accelerator(cfg)
     accelerator.wait_for_everyone()
     # Every check on the input happens before anything is written. A resumed run reads back
     # the files it saved (the LSTM's vocabulary).
-    prepared = prepare(cfg, run_dir if args.resume else None)
+    prepared = prepare(cfg, run_dir if resuming else None)
     with run_directory_lock(run_dir, accelerator.is_main_process):
         if accelerator.is_main_process:
-            start_run_directory(cfg, run_dir, prepared, fresh=not args.resume)
+            start_run_directory(cfg, run_dir, prepared, fresh=not resuming)
         accelerator.wait_for_everyone()
         summary = train(cfg, prepared, run_dir, resume=resume, accelerator=accelerator)
-    if accelerator.is_main_process:
-        print(f"{format_metrics(summary.test, 'test')}  train time {summary.train_time_s:.0f}s  "
-              f"-> {run_dir / 'summary.json'}")
-    return 0
+    return summary, accelerator.is_main_process
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ Each method of a tuned comparison (``tune:`` in its config, or ``tunelab compare
 searched with the same number of trials on the validation split: by default its learning rate
 on a log scale around the value its entry gives, plus any keys the comparison or the method's
 own entry adds (``methods.lora.tune.search: {method.r: [4, 8, 16]}``), written as a sweep's
-``search`` is (:mod:`tunelab.sweep.space`). The trial that is best on validation gives the
+``search`` is (:mod:`tunelab.sweeps.space`). The trial that is best on validation gives the
 configuration of the method's final runs, the only runs that see the test split.
 
 No torch and no Optuna here: the comparison's own process plans with it, and the report reads
@@ -24,7 +24,7 @@ import numpy as np
 from tunelab.compare_config import CompareConfig, TuneConfig
 from tunelab.config import RunConfig, validate_config
 from tunelab.errors import UserError
-from tunelab.sweep.space import Objective, Range, Space, SweepSettings, build_space, cast
+from tunelab.sweeps.space import Objective, Range, Space, SweepSettings, build_space, cast
 from tunelab.tasks import select_metric
 
 ENTRY_KEYS = ("search",)

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from conftest import write_sentiment_csv
 from tunelab import cli
-from tunelab.sweep.study import JOURNAL, STUDY_NAME
+from tunelab.sweeps.study import JOURNAL, STUDY_NAME
 
 GRID = {"method.r": [2, 4], "train.lr": [1.0e-2, 2.0e-2]}
 

@@ -24,8 +24,8 @@ from tunelab.report.document import BulletList, Code, Document, Heading, Image, 
 from tunelab.report.plots import png, pyplot
 from tunelab.summary import FILE as SUMMARY_FILE
 from tunelab.summary import Summary
-from tunelab.sweep.space import Space, evaluate
-from tunelab.sweep.study import encode
+from tunelab.sweeps.space import Space, evaluate
+from tunelab.sweeps.study import encode
 
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 PLOT_FILES = ("objective.png", "heatmap.png", "importances.png", "curves.png")

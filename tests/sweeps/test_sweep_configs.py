@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.sweep.space import load_space
+from tunelab.sweeps.space import load_space
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 

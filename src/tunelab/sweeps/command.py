@@ -1,4 +1,4 @@
-"""The ``tunelab sweep`` command line (parsed here, run by :func:`tunelab.sweep.run_sweep`)."""
+"""The ``tunelab sweep`` command line (parsed here, run by :func:`tunelab.sweeps.run_sweep`)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def add_sweep_command(sub) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
-    from tunelab.sweep import run_sweep
+    from tunelab.sweeps import run_sweep
 
     if extra:
         raise UserError(f"unexpected arguments: {' '.join(extra)}; a sweep takes its options from --config")

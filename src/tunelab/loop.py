@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from tunelab import methods, profile, runs, tasks
-from tunelab.batching import LengthGroupedBatches, SortedBatches, example_lengths
+from tunelab import methods, profile, runs, tasks, tracking
+from tunelab.batching import make_loaders
 from tunelab.config import RunConfig
 from tunelab.errors import UserError
 from tunelab.launch import make_accelerator
@@ -66,7 +66,7 @@ class TrainState:
     last_eval_step: int = -1
     stopped_early: bool = False
     pruned: bool = False
-    """A sweep's pruner stopped the run (tunelab.sweep.pruning)."""
+    """A sweep's pruner stopped the run (tunelab.sweeps.pruning)."""
     train_tokens: int = 0
     train_positions: int = 0
     """Token positions of the training batches, padding included."""
@@ -104,8 +104,8 @@ class Loop:
     higher_is_better: bool
     clock: float = 0.0
     """perf_counter value the loop's time counts from (moved back by a resumed run's time)."""
-    reporter: Any = None
-    """A sweep trial's ``report(step, metrics) -> prune?`` (tunelab.sweep.pruning), else None."""
+    sinks: tracking.Sinks = field(default_factory=lambda: tracking.Sinks([]))
+    """Where records go (tunelab.tracking): metrics.jsonl, a sweep trial's pruner, trackers."""
     bar: Any = None
     window: list[float] = field(default_factory=list)
     """Train losses since the last log line."""
@@ -126,29 +126,6 @@ def peak_memory(accelerator: Accelerator) -> dict[str, Any]:
             "peak_memory_kind": "cpu_peak_rss"}
 
 
-def make_loaders(cfg: RunConfig, prepared: Prepared, processes: int = 1) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """Train batches grouped by length (or plainly shuffled); evaluation sorted by length,
-    which changes no metric, only how much padding is computed. The batches are global: each
-    of the ``processes`` gets its slice of them."""
-    collate, splits = prepared.collate, prepared.splits
-    train_batch, eval_batch = cfg.train.batch_size * processes, cfg.eval.batch_size * processes
-    known = prepared.lengths or {}
-
-    def lengths(name: str) -> list[int]:
-        return known[name] if name in known else example_lengths(splits[name], collate)
-
-    def sorted_loader(name: str) -> DataLoader:
-        return DataLoader(splits[name], batch_sampler=SortedBatches(lengths(name), eval_batch), collate_fn=collate)
-
-    if cfg.train.group_by_length:
-        batches = LengthGroupedBatches(lambda: lengths("train"), train_batch, cfg.train.seed,
-                                       size=len(splits["train"]))
-        train = DataLoader(splits["train"], batch_sampler=batches, collate_fn=collate)
-    else:
-        train = DataLoader(splits["train"], batch_size=train_batch, shuffle=True, collate_fn=collate)
-    return train, sorted_loader("validation"), sorted_loader("test")
-
-
 def setup(cfg: RunConfig, prepared: Prepared, run_dir: Path, accelerator: Accelerator) -> Loop:
     """Loaders, optimizer and schedule, all handed to Accelerate."""
     tc = cfg.train
@@ -165,11 +142,12 @@ def setup(cfg: RunConfig, prepared: Prepared, run_dir: Path, accelerator: Accele
     # Not passed to accelerator.prepare: we step it once per optimizer step ourselves.
     scheduler = get_linear_schedule_with_warmup(optimizer, round(tc.warmup_ratio * total_steps), total_steps)
     select_metric, higher_is_better = tasks.select_metric(cfg)
-    from tunelab.sweep.pruning import reporter_from_env  # imports optuna only inside a sweep's trial
+    from tunelab.sweeps.pruning import pruner_from_env  # imports optuna only inside a sweep's trial
 
+    sinks = tracking.sinks_for(cfg, run_dir, accelerator.is_main_process,
+                               [f"validation/{select_metric}", f"test/{cfg.task.primary_metric}"], pruner_from_env())
     return Loop(cfg, prepared, run_dir, accelerator, model, params, optimizer, scheduler, *loaders, test_order,
-                total_steps=total_steps, select_metric=select_metric, higher_is_better=higher_is_better,
-                reporter=reporter_from_env())
+                total_steps=total_steps, select_metric=select_metric, higher_is_better=higher_is_better, sinks=sinks)
 
 
 def start_state(loop: Loop, resume: bool) -> TrainState:
@@ -190,7 +168,14 @@ def train(cfg: RunConfig, prepared: Prepared, run_dir: Path, resume: bool = Fals
     """Train, keep the best-validation checkpoint, evaluate it on test, write summary.json."""
     started = time.perf_counter()
     loop = setup(cfg, prepared, run_dir, accelerator or make_accelerator(cfg))
-    state = start_state(loop, resume)
+    try:
+        return train_loop(loop, start_state(loop, resume), started)
+    finally:
+        loop.sinks.close()
+
+
+def train_loop(loop: Loop, state: TrainState, started: float) -> Summary:
+    cfg = loop.cfg
     loop.bar = tqdm(total=loop.total_steps, initial=state.step, desc=cfg.method.name, unit="step",
                     disable=not loop.accelerator.is_local_main_process, dynamic_ncols=True)
     loop.model.train()
@@ -280,8 +265,8 @@ def after_step(loop: Loop, state: TrainState) -> bool:
     if state.step % LOG_EVERY_STEPS == 0 and loop.main:
         n = max(loop.window_sums.get("examples", 0), 1)
         task_metrics = {k: v / n for k, v in loop.window_sums.items() if k not in COUNTS}  # e.g. DPO's rewards
-        runs.append_metrics(loop.run_dir, {"split": "train", "step": state.step, "loss": window_loss, **task_metrics,
-                                           "lr": loop.scheduler.get_last_lr()[0], "tokens_per_second": tokens_per_s})
+        loop.sinks.log({"split": "train", "step": state.step, "loss": window_loss, **task_metrics,
+                        "lr": loop.scheduler.get_last_lr()[0], "tokens_per_second": tokens_per_s})
         loop.window, loop.window_sums = [], {}
     stop = False
     if loop.cfg.train.eval_every_steps and state.step % loop.cfg.train.eval_every_steps == 0:
@@ -297,8 +282,8 @@ def end_epoch(loop: Loop, state: TrainState) -> None:
     n = max(sums.get("examples", 0), 1)
     record = {"split": "train_epoch", "step": state.step, "epoch": state.epoch,
               **{key: value / n for key, value in sums.items() if key not in COUNTS}}
+    loop.sinks.log(record)  # no sinks but on the main process
     if loop.main:
-        runs.append_metrics(loop.run_dir, record)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("split", "step", "epoch"))
         loop.bar.write(f"epoch {record['epoch']} step {record['step']}: train {shown}", file=sys.stderr)
     state.epoch_sums = {}
@@ -321,8 +306,8 @@ def validate(loop: Loop, state: TrainState) -> bool:
     score = metrics[loop.select_metric]
     improved = state.best is None or (score > state.best if loop.higher_is_better else score < state.best)
     unwrapped = loop.accelerator.unwrap_model(loop.model)
+    loop.sinks.log({"split": "validation", "step": state.step, "epoch": epoch, **metrics})
     if loop.main:
-        runs.append_metrics(loop.run_dir, {"split": "validation", "step": state.step, "epoch": epoch, **metrics})
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         loop.bar.write(f"epoch {epoch:.2f} step {state.step}: validation {shown}", file=sys.stderr)
     if improved:
@@ -339,7 +324,7 @@ def validate(loop: Loop, state: TrainState) -> bool:
         runs.save_state(loop.run_dir, trainable_state(unwrapped), loop.optimizer, loop.scheduler, asdict(state),
                         process_rngs)
     loop.accelerator.wait_for_everyone()
-    if loop.reporter is not None and agreed(loop, lambda: loop.reporter(state.step, metrics)):
+    if agreed(loop, loop.sinks.should_stop):
         state.pruned = True
         loop.bar.write(f"step {state.step}: the sweep's pruner stops this trial", file=sys.stderr)
     return state.pruned or (loop.cfg.train.patience is not None and state.bad_evals >= loop.cfg.train.patience)
@@ -381,12 +366,12 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         train_examples=len(prepared.splits["train"]), test_examples=len(prepared.splits["test"]),
         label_names=prepared.label_names, **peak_memory(loop.accelerator), memory=state.memory,
         device=str(loop.accelerator.device), num_processes=loop.accelerator.num_processes,
-        versions=runs.versions(), git_hash=runs.git_hash())
+        versions=runs.versions(), git_hash=runs.git_hash(), run_dir=run_dir)
     if loop.main:
         if before.get("samples") or after.get("samples"):
             runs.write_json(run_dir / "samples.json", {"before": before.get("samples"), "after": after.get("samples")})
         if cfg.eval.test:
-            runs.append_metrics(run_dir, {"split": "test", "step": state.step, **test})
+            loop.sinks.log({"split": "test", "step": state.step, **test})
         if predictions is not None:
             write_predictions(run_dir / PREDICTIONS, predictions, loop.test_order)
         summary.write(run_dir)

@@ -1,9 +1,9 @@
 """``tunelab sweep``: hyper-parameter search on Optuna, every trial an ordinary run directory.
 
-The command checks the sweep config (:mod:`tunelab.sweep.space`), opens or continues the
-study (:mod:`tunelab.sweep.study`), starts ``--workers`` worker processes that claim and run
+The command checks the sweep config (:mod:`tunelab.sweeps.space`), opens or continues the
+study (:mod:`tunelab.sweeps.study`), starts ``--workers`` worker processes that claim and run
 trials until the sweep has them all, shows progress (trial i of N, the best so far, time
-left), and writes the report (:mod:`tunelab.sweep.report`). Killed and run again with the same
+left), and writes the report (:mod:`tunelab.sweeps.report`). Killed and run again with the same
 command, it keeps the finished trials and resumes the interrupted one from its last snapshot.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from tunelab.errors import UserError
-from tunelab.sweep.space import Space, load_space
+from tunelab.sweeps.space import Space, load_space
 
 SWEEP_FILE = "sweep.yaml"
 
@@ -43,7 +43,7 @@ def run_sweep(config: str, trials: int | None = None, storage: str | None = None
               output: str | None = None, progress: bool = True, launcher: str | None = None) -> dict[str, Any]:
     """Run (or continue) a sweep; returns what the report wrote."""
     from tunelab import runs
-    from tunelab.sweep import study as studies
+    from tunelab.sweeps import study as studies
 
     if not 1 <= workers <= 64:
         raise UserError(f"--workers must be between 1 and 64 (got {workers})")
@@ -60,7 +60,7 @@ def run_sweep(config: str, trials: int | None = None, storage: str | None = None
     if recovered:
         print(f"trials {', '.join(map(str, recovered))} were interrupted; they continue from their last snapshot",
               file=sys.stderr)
-    command = ([sys.executable, "-m", "tunelab.sweep.worker", str(directory)]
+    command = ([sys.executable, "-m", "tunelab.sweeps.worker", str(directory)]
                + (["--storage", storage] if storage else []))
     launcher = launcher or space.settings.launcher
     command += ["--launcher", launcher] if launcher else []
@@ -71,7 +71,7 @@ def run_sweep(config: str, trials: int | None = None, storage: str | None = None
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    from tunelab.sweep.report import write_sweep_report
+    from tunelab.sweeps.report import write_sweep_report
 
     return write_sweep_report(directory, study, space)
 

@@ -20,9 +20,9 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from tunelab.summary import Summary
-from tunelab.sweep.report import cell_means, collect, param_importances, read_curve, write_sweep_report
-from tunelab.sweep.space import SweepSettings, build_space
-from tunelab.sweep.study import encode
+from tunelab.sweeps.report import cell_means, collect, param_importances, read_curve, write_sweep_report
+from tunelab.sweeps.space import SweepSettings, build_space
+from tunelab.sweeps.study import encode
 
 BASE = {"model": {"name": "minilm-l6"}, "data": {"name": "rt-snippets"},
         "task": {"name": "classification", "max_length": 64}, "method": {"name": "lora"}}

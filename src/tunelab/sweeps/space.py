@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from tunelab.config import RunConfig, deep_merge, describe_validation_error, read_yaml_mapping, validate_config
+from tunelab.config import RunConfig, Tracker, deep_merge, describe_validation_error, read_yaml_mapping, validate_config
 from tunelab.errors import UserError
 from tunelab.schema import Strict
 from tunelab.shipped import resolve_config
@@ -62,6 +62,8 @@ class SweepOutput(Strict):
     dir: str | None = None
     """The sweep directory: the study's journal, one run directory per trial, the report.
     None: runs/sweep-<model>-<data>-<method>."""
+    track: list[Tracker] = []
+    """Trackers every trial logs to, grouped by the sweep directory's name."""
 
 
 class SweepSettings(Strict):
@@ -122,7 +124,9 @@ class Space(BaseModel):
     def run_config(self, params: dict[str, Any], run_dir: Path) -> RunConfig:
         """The run config of one trial: the base with the searched values and the tied ones."""
         values = {**params, **{key: evaluate(expr, params) for key, expr in self.tied.items()}}
-        overrides: dict[str, Any] = {"output": {"dir": str(run_dir)}}
+        # A sweep's trials are grouped by the sweep directory; a tuned comparison's by its own.
+        group = self.base.get("output", {}).get("group") or run_dir.parent.name
+        overrides: dict[str, Any] = {"output": {"dir": str(run_dir), "group": group}}
         for key, value in values.items():
             section, name = key.split(".")
             overrides.setdefault(section, {})[name] = value
@@ -164,6 +168,8 @@ def load_space(path: str | Path, trials: int | None = None) -> Space:
         settings = SweepSettings.model_validate(sweep_keys)
     except ValidationError as exc:
         raise UserError(describe_validation_error(exc, sweep_keys, SweepSettings)) from None
+    if settings.output.track:  # what the trials' configs carry (and the sweep's sweep.yaml)
+        raw = deep_merge(raw, {"output": {"track": settings.output.track}})
     return build_space(raw, settings)
 
 

@@ -1,4 +1,4 @@
-"""A sweep's worker process: ``python -m tunelab.sweep.worker SWEEP_DIR [--storage URL]``.
+"""A sweep's worker process: ``python -m tunelab.sweeps.worker SWEEP_DIR [--storage URL]``.
 
 Reads the sweep as its command wrote it (``SWEEP_DIR/sweep.yaml``) and runs trials until the
 sweep has them all. ``tunelab sweep --workers K`` starts K of them on one study.
@@ -14,9 +14,9 @@ import yaml
 
 def work_in(directory: Path, storage: str | None, launcher: str | None) -> None:
     """A worker of the sweep in ``directory`` (its sweep.yaml says what it is)."""
-    from tunelab.sweep import SWEEP_FILE
-    from tunelab.sweep.space import SweepSettings, build_space
-    from tunelab.sweep.study import work
+    from tunelab.sweeps import SWEEP_FILE
+    from tunelab.sweeps.space import SweepSettings, build_space
+    from tunelab.sweeps.study import work
 
     raw = yaml.safe_load((directory / SWEEP_FILE).read_text(encoding="utf-8"))
     settings = SweepSettings.model_validate({k: raw.pop(k) for k in list(raw) if k in SweepSettings.model_fields})
@@ -27,7 +27,7 @@ def work_in(directory: Path, storage: str | None, launcher: str | None) -> None:
 def main(argv: list[str]) -> int:
     from tunelab.study import worker_main
 
-    return worker_main("python -m tunelab.sweep.worker", argv, work_in)
+    return worker_main("python -m tunelab.sweeps.worker", argv, work_in)
 
 
 if __name__ == "__main__":

@@ -155,7 +155,7 @@ def run_config(cfg: CompareConfig, name: str, seed_offset: int, run_dir: Path) -
         raise UserError(f"methods.{name}: unknown method {method['name']!r}; known: {', '.join(registered_methods())} "
                         f"(or set method.name for a named variant)")
     raw["method"] = method
-    raw["output"] = {"dir": str(run_dir)}
+    raw["output"] = {"dir": str(run_dir), "track": cfg.output.track, "group": run_dir.parent.name}
     try:
         run = validate_config(raw)
     except UserError as exc:

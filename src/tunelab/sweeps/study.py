@@ -27,7 +27,7 @@ from tunelab.study import (
     storage_for,
     trial_environment,
 )
-from tunelab.sweep.space import Space
+from tunelab.sweeps.space import Space
 
 __all__ = ["JOURNAL", "STUDY_NAME", "encode", "open_study", "recover", "storage_for", "work"]
 
@@ -76,7 +76,8 @@ def next_trial(study: optuna.Study, space: Space) -> optuna.Trial | None:
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, space: Space, directory: Path, storage_url: str | None) -> str:
     """Train the trial's run in its own process and tell the study how it ended."""
-    from tunelab import compare, runs
+    from tunelab import comparison as compare
+    from tunelab import runs
     from tunelab.config import to_yaml
     from tunelab.summary import Summary
 
