@@ -143,6 +143,7 @@ def test_override_can_switch_method(tmp_path):
                                           "max_train_examples": 10, "text_pair_column": "question"}},
     {"method": {"name": "head", "last_n_layers": 1}, "task": {"name": "classification", "pooling": "cls"},
      "model": {"name": "gpt2", "revision": "main"}},
+    {"task": {"name": "classification", "head": "auto"}},  # a saved config holds the pooled head's defaults too
 ])
 def test_round_trip_through_yaml(tmp_path, overrides):
     cfg = validate_config(overrides)
@@ -151,6 +152,14 @@ def test_round_trip_through_yaml(tmp_path, overrides):
     assert again == cfg
     assert type(again.method) is type(cfg.method)
     assert to_yaml(again) == to_yaml(cfg)
+
+
+@pytest.mark.parametrize("task, keys", [({"pooling": "cls"}, "task.pooling"),
+                                        ({"pooling": "last", "classifier_dropout": 0.2},
+                                         "task.pooling and task.classifier_dropout")])
+def test_pooled_head_options_with_the_auto_head_are_refused(task, keys):
+    with pytest.raises(UserError, match=f"{keys} apply to tunelab's pooled head only"):
+        validate_config({"task": {"head": "auto", **task}})
 
 
 def test_round_trip_keeps_method_class():

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from tunelab.config import RunConfig
 from tunelab.data.sources import load_data
@@ -21,7 +21,7 @@ from tunelab.errors import UserError
 from tunelab.methods import METHODS, apply_method
 from tunelab.models.families import family_of
 from tunelab.tasks import TASKS, Prepared
-from tunelab.tasks.classification import SequenceClassifier
+from tunelab.tasks.classification import classifier_from_config
 
 
 def prepare(cfg: RunConfig, run_dir: Path | None = None, whole_data: bool = False) -> Prepared:
@@ -57,10 +57,8 @@ def model_from_config(cfg: RunConfig, hf_config, causal: bool, num_labels: int =
         if causal:
             model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
             base_total = sum(p.numel() for p in model.parameters())
-        else:
-            backbone = AutoModel.from_config(hf_config, dtype=torch.float32)  # as `tunelab train` loads it
-            base_total = sum(p.numel() for p in backbone.parameters())
-            model = SequenceClassifier(backbone, num_labels)
+        else:  # as `tunelab train` builds it, with the task's head
+            model, base_total = classifier_from_config(hf_config, num_labels, getattr(cfg.task, "head", "pooled"))
         apply_method(model, method, family_of(hf_config))
     return model, base_total
 

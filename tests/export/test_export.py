@@ -21,14 +21,21 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModel, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+)
 
 from conftest import CAUSAL_VOCAB, PEFT_TUNERS, cli_args
 from tunelab import export, runs
 from tunelab.build import prepare
 from tunelab.cli import main
 from tunelab.config import load_config, to_yaml
-from tunelab.evaluate import rebuild_run
+from tunelab.evaluate import predict_run, rebuild_run
 from tunelab.export import merged
 from tunelab.methods.common import inference_state
 from tunelab.methods.lora import LoRALayer, stacked_lora
@@ -248,27 +255,26 @@ def test_merged_export_of_a_causal_run_loads_with_transformers_alone(make_run, c
     torch.testing.assert_close(theirs, ours, atol=ATOL, rtol=0)
 
 
-def readme_head(output: Path, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The merged classification export applied as its README says: transformers + the head file."""
-    head = load_file(str(output / "head.safetensors"))
-    pooling = json.loads((output / "head.json").read_text())["pooling"]
+def merged_classifier(output: Path, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The merged classification export loaded as its README says: transformers with the code it carries."""
+    model = AutoModelForSequenceClassification.from_pretrained(output, trust_remote_code=True).eval()
     with torch.no_grad():
-        hidden = AutoModel.from_pretrained(output).eval()(input_ids=ids, attention_mask=mask).last_hidden_state
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    assert pooling == "mean"
-    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-    return pooled @ head["weight"].T + head["bias"]
+        return model(input_ids=ids, attention_mask=mask).logits
 
 
 @pytest.mark.parametrize("method", [{"name": "lora", "r": 2, "alpha": 4}, {"name": "ia3"}, {"name": "bitfit"},
                                     {"name": "full"}, {"name": "head"}], ids=lambda m: m["name"])
-def test_merged_export_of_a_classification_run_is_the_backbone_plus_its_head(make_run, capsys, method):
+def test_merged_export_of_a_classification_run_is_a_transformers_classifier(make_run, capsys, method):
     run_dir = make_run("bert", method)
     output = exported(run_dir, "merged", capsys)
-    assert json.loads((output / "head.json").read_text())["labels"] == ["negative", "positive"]
-    readme = (output / "README.md").read_text()
-    assert "head.safetensors" in readme and "AutoModel.from_pretrained(DIR)" in readme
-    torch.testing.assert_close(readme_head(output, PROBE, PROBE_MASK), run_outputs(run_dir), atol=ATOL, rtol=0)
+    assert json.loads((output / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
+    assert "trust_remote_code=True" in (output / "README.md").read_text() and (output / "pooled_head.py").is_file()
+    torch.testing.assert_close(merged_classifier(output, PROBE, PROBE_MASK), run_outputs(run_dir), atol=ATOL, rtol=0)
+    with torch.no_grad():  # the body alone, for whoever wants the hidden states
+        body = AutoModel.from_pretrained(output).eval()(input_ids=PROBE, attention_mask=PROBE_MASK).last_hidden_state
+        _, prepared = rebuild_run(run_dir)
+        ours = prepared.model.eval().backbone(input_ids=PROBE, attention_mask=PROBE_MASK).last_hidden_state
+    torch.testing.assert_close(body, ours, atol=ATOL, rtol=0)
 
 
 def test_merged_export_of_biases_an_architecture_cannot_hold_is_refused(make_run, capsys, monkeypatch):
@@ -289,9 +295,11 @@ def test_the_readme_code_loads_the_export_and_gives_the_runs_outputs(make_run, c
     scope = {"DIR": str(output), "ids": PROBE, "mask": PROBE_MASK}
     with torch.no_grad():
         exec(code, scope)
-        if "batch" in scope:  # the merged classifier's snippet labels a text of its own
-            _, prepared = rebuild_run(run_dir)
-            ours, theirs = prepared.model.eval()(**scope["batch"]), scope["logits"]
+        if "scores" in scope:  # the merged classifier's snippet: pipeline on a text of its own
+            theirs = torch.tensor([[d["score"] for d in sorted(row, key=lambda d: d["label"])]
+                                   for row in scope["scores"]])
+            ours = torch.tensor([[p for _, p in sorted(row["probabilities"].items())]
+                                 for row in predict_run(run_dir, ["a gripping film"])])
         elif "logits" in scope:
             ours, theirs = run_outputs(run_dir), scope["logits"]
         else:
@@ -404,7 +412,7 @@ def test_a_trained_run_exports_in_both_formats(tiny_run_config, capsys):
     ours = run_outputs(run_dir)
     merged_dir, peft_dir = exported(run_dir, "merged", capsys), exported(run_dir, "peft", capsys)
     assert tree_hash(run_dir) == before  # an export only reads the run
-    torch.testing.assert_close(readme_head(merged_dir, PROBE, PROBE_MASK), ours, atol=ATOL, rtol=0)
+    torch.testing.assert_close(merged_classifier(merged_dir, PROBE, PROBE_MASK), ours, atol=ATOL, rtol=0)
     record = json.loads((peft_dir / "export.json").read_text())
     assert record["method"] == "lora" and record["peft_type"] == "LORA" and record["modules_to_save"] == ["classifier"]
     assert record["checkpoint_sha256"] == hashlib.sha256(

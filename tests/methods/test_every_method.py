@@ -4,7 +4,8 @@ The methods come from :data:`tunelab.methods.METHODS` at collection time, not fr
 written here, so a newly registered method is checked without touching this file; the checks
 are plain functions so that a method registered later (a plugin, see test_plugin_method.py)
 can be put through the same ones. Each method runs with its default options on a tiny BERT
-classifier and a tiny Llama causal LM.
+classifier and a tiny Llama causal LM, and on a tiny BERT with transformers' own classifier head
+(``task.head: auto``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import PEFT_TUNERS, tiny_bert
 from tunelab.methods import METHODS, apply_method, common
+from tunelab.tasks import auto_head
 from tunelab.tasks.classification import SequenceClassifier
 
 ADAPTING = [name for name in METHODS.names() if METHODS.options(name).pretrained and name != "peft"]
@@ -26,6 +28,8 @@ def build(kind: str, causal_dir):
     torch.manual_seed(0)
     if kind == "classifier":
         return SequenceClassifier(tiny_bert(), num_labels=2).eval()
+    if kind == "auto-head":  # BertForSequenceClassification: pooler, dropout, classifier
+        return auto_head.from_config(tiny_bert().config, num_labels=2).eval()
     return AutoModelForCausalLM.from_pretrained(causal_dir).eval()
 
 
@@ -99,8 +103,8 @@ def check_switching_off_gives_the_base_model(name: str, kind: str, causal_dir) -
     batch = inputs(kind)
     with torch.no_grad(), common.disable_adapters(model):
         off = output(model, batch)
-    if kind == "classifier":  # the new head is random and trains with every method
-        base.classifier.load_state_dict(model.classifier.state_dict())
+    for theirs, ours in zip(common.task_head(base), common.task_head(model)):  # new, so trained by every method
+        theirs.load_state_dict(ours.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(off, output(base, batch), atol=1e-5, rtol=0)
 
@@ -121,6 +125,7 @@ VARIANTS = [{"name": "lora", "use_dora": True}, {"name": "lora", "init": "pissa"
 # Method none is for the causal-LM tasks only: a classifier's new head must train.
 CASES = [(name, kind) for name in ADAPTING + VARIANTS for kind in ("classifier", "causal")
          if (name, kind) != ("none", "classifier")]
+CASES += [(name, "auto-head") for name in ADAPTING if name != "none"]
 
 
 @pytest.mark.parametrize("name, kind", CASES, ids=lambda v: v if isinstance(v, str) else

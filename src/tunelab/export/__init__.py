@@ -3,7 +3,7 @@
 - ``peft`` (:mod:`tunelab.export.peft_format`): the adapter in PEFT's own format, for
   ``peft.PeftModel.from_pretrained(base, DIR)``;
 - ``merged`` (:mod:`tunelab.export.merged`): base + method folded into plain weights, for
-  transformers' ``from_pretrained(DIR)``.
+  transformers' ``from_pretrained(DIR)``; a classifier, for ``pipeline("text-classification")``.
 
 Which methods have which format, and how they write it, is each method's own (its options'
 ``export_formats``, its module's ``peft_adapter``, its modules' ``merge``).
@@ -45,7 +45,7 @@ def check_request(run_dir: Path, fmt: str, output: Path):
         raise UserError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
     cfg = run_config(run_dir)  # refuses a directory without config.yaml or checkpoint
     check_output(output)
-    reason = cfg.method.export_refusal(fmt, cfg.task.causal)
+    reason = cfg.task.export_refusal(fmt) or cfg.method.export_refusal(fmt, cfg.task.causal)
     if reason:
         raise UserError(reason)
     return cfg
@@ -124,5 +124,5 @@ def describe(run_dir: Path, cfg, fmt: str, labels: list[str] | None) -> dict:
               "versions": {**runs.versions(), "peft": peft.__version__, "safetensors": safetensors.__version__},
               "tunelab_git": runs.git_hash()}
     if labels is not None:
-        record["head"] = {"pooling": cfg.task.pooling, "num_labels": len(labels), "labels": list(labels)}
+        record["head"] = {**cfg.task.head_description(), "num_labels": len(labels), "labels": list(labels)}
     return record

@@ -5,20 +5,20 @@ Every module a method injected folds itself into the weights it wraps (its ``mer
 W0 + (alpha / r) B A, IA3's rescaled rows or columns); methods that trained the model's own
 tensors (BitFit, full, head) are saved as they are.
 
-A classification run's head is tunelab's (pooling over the real tokens, then one linear
-layer), which no transformers ``...ForSequenceClassification`` computes (BERT's pools with an
-extra dense + tanh, GPT-2's and Llama's classifiers have no bias), so the backbone is saved
-alone and the head beside it: ``head.safetensors`` (weight, bias) and ``head.json`` (pooling,
-labels); the export's README shows the few lines that apply it.
+A classification run is saved as the transformers classifier its model says it is (its
+``as_transformers``), with the label names in config.json, for
+``pipeline("text-classification", model=DIR)``: with ``task.head: auto`` the architecture's own
+``...ForSequenceClassification``; with tunelab's pooled head, which no transformers class
+computes (BERT's pools with an extra dense + tanh, GPT-2's and Llama's classifiers have no
+bias), :class:`tunelab.tasks.pooled_head.TunelabForSequenceClassification`, whose code is
+copied beside the weights and named in ``auto_map``: loading it takes ``trust_remote_code=True``.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from tunelab.errors import UserError
@@ -51,38 +51,27 @@ def write(cfg, prepared, folder: Path) -> dict:
     model = prepared.model
     fold(model)
     strip_adapters(model)
-    body = model.backbone if is_classifier(model) else model
-    declare_biases(body)
-    body.save_pretrained(str(folder))
+    classifier = is_classifier(model)
+    saved = model.as_transformers(list(prepared.label_names)) if classifier else model
+    declare_biases(saved)
+    saved.save_pretrained(str(folder))
     prepared.tokenizer.save_pretrained(str(folder))
-    if not is_classifier(model):
+    if not classifier:
         return {"loader": "AutoModelForCausalLM"}
-    head = model.classifier
-    save_file({"weight": head.weight.detach().contiguous().clone(), "bias": head.bias.detach().contiguous().clone()},
-              str(folder / "head.safetensors"))
-    description = {"pooling": cfg.task.pooling, "num_labels": head.out_features, "hidden_size": head.in_features,
-                   "labels": list(prepared.label_names), "dropout_in_training": cfg.task.classifier_dropout}
-    (folder / "head.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
-    return {"loader": "AutoModel", "head": description}
+    return {"loader": "AutoModelForSequenceClassification", "class": type(saved).__name__,
+            "trust_remote_code": bool(getattr(saved.config, "auto_map", None))}
 
 
 def load(folder: Path, classifier: bool) -> nn.Module:
-    """What a user does: transformers' from_pretrained on the folder alone (plus the head file)."""
-    from transformers import AutoModel, AutoModelForCausalLM
+    """What a user does: transformers' from_pretrained on the folder alone (a pooled head's code
+    is in the folder, written by this export: trusting it trusts ourselves)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    loader = AutoModel if classifier else AutoModelForCausalLM
-    model, info = loader.from_pretrained(str(folder), dtype=torch.float32, output_loading_info=True)
+    loader = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
+    model, info = loader.from_pretrained(str(folder), dtype=torch.float32, output_loading_info=True,
+                                         trust_remote_code=classifier)
     lost = sorted(info.get("unexpected_keys", [])) + sorted(info.get("missing_keys", []))
     if lost:
         raise UserError(f"the merged model has tensors a {model.config.model_type} checkpoint cannot hold or lacks "
                         f"({', '.join(lost[:3])}); this run cannot be merged")
-    if not classifier:
-        return model.eval()
-    from safetensors.torch import load_file
-
-    from tunelab.tasks.classification import SequenceClassifier
-
-    head = json.loads((folder / "head.json").read_text(encoding="utf-8"))
-    wrapped = SequenceClassifier(model, head["num_labels"], head["pooling"])
-    wrapped.classifier.load_state_dict(load_file(str(folder / "head.safetensors")))
-    return wrapped.eval()
+    return model.eval()

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-POOLING = {
-    "mean": "pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # mean over the real tokens",
-    "cls": "pooled = hidden[:, 0]  # the first token",
-    "last": ("positions = torch.arange(mask.shape[1])\n"
-             "pooled = hidden[torch.arange(len(hidden)), (mask[..., 0] * positions).argmax(1)]  # the last real token"),
-}
+POOLING_WORDS = {"mean": "the mean over the real tokens", "cls": "the first token's hidden state",
+                 "last": "the last real token's hidden state"}
 
 
 def readme(fmt: str, record: dict) -> str:
@@ -51,18 +47,23 @@ def merged_readme(record: dict) -> str:
                 "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
                 "model = AutoModelForCausalLM.from_pretrained(DIR)\n"
                 "tokenizer = AutoTokenizer.from_pretrained(DIR)\n```\n")
-    head = record["head"]
-    return ("The backbone as a plain transformers checkpoint (safetensors) with its tokenizer, and tunelab's "
-            "classification head beside it: `head.safetensors` (weight, bias) and `head.json` (pooling, labels). "
-            "No transformers `...ForSequenceClassification` computes this head (BERT's adds a dense + tanh "
-            "pooler, GPT-2's and Llama's have no bias), so do not load the folder with one: it would get a new, "
-            f"random classifier. Apply the head yourself:\n\n```python\nimport torch\n"
-            "from safetensors.torch import load_file\nfrom transformers import AutoModel, AutoTokenizer\n\n"
-            "body = AutoModel.from_pretrained(DIR).eval()\ntokenizer = AutoTokenizer.from_pretrained(DIR)\n"
-            "head = load_file(f\"{DIR}/head.safetensors\")\n\n"
-            "batch = tokenizer([\"a gripping film\"], return_tensors=\"pt\", padding=True)\n"
-            "with torch.no_grad():\n    hidden = body(**batch).last_hidden_state  # (B, T, H)\n"
-            "mask = batch[\"attention_mask\"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)\n"
-            f"{POOLING[head['pooling']]}\n"
-            "logits = pooled @ head[\"weight\"].T + head[\"bias\"]  # (B, labels)\n"
-            f"labels = {head['labels']!r}\n```\n")
+    head, remote = record["head"], record.get("trust_remote_code", False)
+    flag = ", trust_remote_code=True" if remote else ""
+    code = ("```python\nfrom transformers import pipeline\n\n"
+            f"classify = pipeline(\"text-classification\", model=DIR, top_k=None{flag})\n"
+            "scores = classify([\"a gripping film\"])  # for each text, every label with its probability\n```\n")
+    intro = (f"A transformers sequence classifier (safetensors) with its tokenizer; config.json names its labels "
+             f"({', '.join(head['labels'])}). `pipeline` classifies texts:\n\n")
+    if not remote:
+        return intro + code + ("\nIt is the architecture's own classifier (`task.head: auto`): "
+                               "`AutoModelForSequenceClassification.from_pretrained(DIR)` is the model.\n")
+    return intro + code + (
+        f"\nThe head is tunelab's: the body's output pooled ({POOLING_WORDS[head['pooling']]}), then one linear "
+        "layer. No transformers class computes it, so its code comes with it: `pooled_head.py` in this folder "
+        "(torch and transformers only; read it), named in config.json's `auto_map`. `trust_remote_code=True` runs "
+        "that file from this folder (transformers copies it into its modules cache; nothing is downloaded). "
+        "Without the flag transformers builds its own classifier for the architecture, with a new random head, "
+        "and warns that the classifier's weights are missing. transformers also logs that the class \"is not "
+        "supported for text-classification\": it checks the class's name against a list of its own; the pipeline "
+        "works. `AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True)` is the model; "
+        "`AutoModel.from_pretrained(DIR)` the body alone.\n")

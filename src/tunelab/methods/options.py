@@ -94,7 +94,8 @@ class HeadMethod(MethodOptions):
     """Also train the last N transformer blocks."""
     cache_features: bool = True
     """With the whole body frozen, compute its (pooled) output for every example once, in eval
-    mode, and train the classifier on those features (classification only)."""
+    mode, and train the classifier on those features (classification with tunelab's pooled head;
+    ``task.head: auto`` runs the frozen body at every step)."""
 
     @property
     def body_frozen(self) -> bool:

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from tunelab import catalog
 from tunelab.config import ModelConfig
@@ -53,6 +60,15 @@ def load_encoder(cfg: ModelConfig) -> nn.Module:
 
 def load_causal_lm(cfg: ModelConfig) -> nn.Module:
     return _load(AutoModelForCausalLM, cfg, dtype=torch.float32)
+
+
+def load_sequence_classifier(cfg: ModelConfig, labels: list[str]) -> tuple[nn.Module, dict]:
+    """The architecture's own classifier (``task.head: auto``) with a new head for ``labels``,
+    and transformers' loading info (which tensors it initialised: the head). A checkpoint that
+    is already a classifier of another size gets a new head of the right one."""
+    return _load(AutoModelForSequenceClassification, cfg, dtype=torch.float32, num_labels=len(labels),
+                 id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+                 ignore_mismatched_sizes=True, output_loading_info=True)
 
 
 def load_config(cfg: ModelConfig):

@@ -1,20 +1,25 @@
 """Sequence classification on an encoder: single text or text pair -> label.
 
-The model is the pretrained backbone plus a fresh head: pooling (mean over non-pad tokens, or
-the first token), dropout and a linear classifier. Batches are padded dynamically. The LSTM
-baseline (:mod:`tunelab.methods.lstm`) brings its own model and batches and is scored here too.
+The model is the pretrained backbone plus a fresh head (``task.head``): tunelab's own, pooling
+(mean over non-pad tokens, the first or the last real token), dropout and a linear classifier;
+or the architecture's own transformers classifier (:mod:`tunelab.tasks.auto_head`). Both show
+the methods the same interface: ``backbone``, ``head_modules()``, logits from ``forward``, and
+``as_transformers`` for the merged export. Batches are padded dynamically. The LSTM baseline
+(:mod:`tunelab.methods.lstm`) brings its own model and batches and is scored here too.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
+from typing import ClassVar
 
 import datasets
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from torch import nn
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers import AutoModel, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from tunelab.config import DataConfig
 from tunelab.data.labels import LabelSet, check_columns, label_set
@@ -22,8 +27,9 @@ from tunelab.errors import UserError
 from tunelab.methods.common import count_parameters
 from tunelab.models.families import family_of
 from tunelab.models.loading import check_context_length, load_encoder, load_tokenizer
-from tunelab.tasks import Prepared, batch_counts, features
+from tunelab.tasks import Prepared, auto_head, batch_counts, features
 from tunelab.tasks.options import ClassificationTask
+from tunelab.tasks.pooled_head import TunelabForSequenceClassification, pool
 
 
 class SequenceClassifier(nn.Module):
@@ -33,6 +39,9 @@ class SequenceClassifier(nn.Module):
     body, see :mod:`tunelab.tasks.features`), and ``body_in_eval_mode`` keeps a frozen body's
     dropout off while the head trains, so that those features are exactly what it computes.
     """
+
+    features_cacheable: ClassVar[bool] = True
+    """A frozen body's pooled vectors are all the head reads (tunelab.tasks.features)."""
 
     def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "mean", dropout: float = 0.1):
         super().__init__()
@@ -62,16 +71,21 @@ class SequenceClassifier(nn.Module):
         """The body's output pooled to one vector per example, (B, H)."""
         # the last hidden states, (B, T, H)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        elif self.pooling == "last":  # works for left and right padding alike
-            positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-            last = (attention_mask * positions).argmax(1)  # (B,)
-            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
-        return pooled
+        return pool(hidden, attention_mask, self.pooling)
+
+    def as_transformers(self, label_names: list[str]) -> TunelabForSequenceClassification:
+        """This classifier as a transformers model, sharing its modules, for ``save_pretrained``:
+        the backbone's config plus the pooling and the labels, and the code of
+        :mod:`tunelab.tasks.pooled_head` named in its ``auto_map`` (copied beside the weights)."""
+        config = copy.deepcopy(self.backbone.config)
+        config.tunelab_pooling, config.tunelab_classifier_dropout = self.pooling, self.dropout.p
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {name: i for i, name in enumerate(label_names)}
+        with torch.device("meta"):  # shapes only: its body and head are replaced by ours
+            model = TunelabForSequenceClassification(config)
+        setattr(model, model.base_model_prefix, self.backbone)
+        model.tunelab_classifier = self.classifier
+        return model
 
 
 def tokenize_splits(splits: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, data: DataConfig,
@@ -146,20 +160,47 @@ def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
     labels = label_set(raw, cfg.data)
     tokenizer = load_tokenizer(cfg.model)
     splits = tokenize_splits(raw, tokenizer, cfg.data, cfg.task, labels)
-    backbone = load_encoder(cfg.model)
-    check_context_length(cfg, backbone.config)
-    base_total = sum(p.numel() for p in backbone.parameters())
-    set_seed(cfg.train.seed)  # before the head and any adapter are created: the same seed, the same init
-    model = SequenceClassifier(backbone, len(labels.names), cfg.task.pooling, cfg.task.classifier_dropout)
-    apply_method(model, cfg.method, family_of(backbone), tokenizer)
+    model, base_total = new_classifier(cfg, labels.names, tokenizer)
+    apply_method(model, cfg.method, family_of(model.backbone), tokenizer)
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     prepared = Prepared(model, tokenizer, splits, collate, labels.names, count_parameters(model, base_total),
                         task=sys.modules[__name__], cfg=cfg,
                         encode_texts=lambda texts: encode_texts(tokenizer, texts, cfg.task.max_length))
     model.body_in_eval_mode = cfg.method.body_frozen  # a frozen body's dropout would only add noise
-    if cfg.method.precompute_features:
+    if cfg.method.precompute_features and model.features_cacheable:
         use_cached_features(prepared)
     return prepared
+
+
+def new_classifier(cfg, label_names: list[str], tokenizer) -> tuple[nn.Module, int]:
+    """The pretrained body with a new head of the configured kind (``task.head``), before the
+    method; and the pretrained part's parameter count."""
+    if cfg.task.head == "auto":
+        set_seed(cfg.train.seed)  # the head is created while loading: the same seed, the same init
+        model = auto_head.pretrained(cfg.model, label_names, tokenizer.pad_token_id)
+        check_context_length(cfg, model.config)
+        return model, pretrained_count(model)
+    backbone = load_encoder(cfg.model)
+    check_context_length(cfg, backbone.config)
+    set_seed(cfg.train.seed)  # before the head and any adapter are created: the same seed, the same init
+    model = SequenceClassifier(backbone, len(label_names), cfg.task.pooling, cfg.task.classifier_dropout)
+    return model, pretrained_count(model)
+
+
+def classifier_from_config(hf_config, num_labels: int, head: str = "pooled") -> tuple[nn.Module, int]:
+    """A classifier with random weights from the model's config alone, and the count of its
+    pretrained part (what ``params`` and ``profile`` measure)."""
+    if head == "auto":
+        model = auto_head.from_config(hf_config, num_labels)
+    else:
+        model = SequenceClassifier(AutoModel.from_config(hf_config, dtype=torch.float32), num_labels)
+    return model, pretrained_count(model)
+
+
+def pretrained_count(model: nn.Module) -> int:
+    """Parameters of a classifier before the method, but for its new head."""
+    head = sum(p.numel() for m in model.head_modules() for p in m.parameters())
+    return count_parameters(model, 0).total - head
 
 
 def use_cached_features(prepared: Prepared) -> None:

@@ -85,11 +85,22 @@ class TaskOptions(Strict):
         ``refuse_empty_text`` is False). {}: nothing is checked (a task that declares none)."""
         return {}
 
+    def export_refusal(self, fmt: str) -> str | None:
+        """Why the task's runs cannot be exported as ``fmt`` whatever the method (None: they can)."""
+        return None
+
 
 class ClassificationTask(TaskOptions):
     name: Literal["classification"] = "classification"
     max_length: int = Field(128, ge=8, le=8192)
     """Inputs are truncated to this many tokens."""
+    head: Literal["pooled", "auto"] = "pooled"
+    """``pooled``: tunelab's head, the body's output pooled (``pooling``), dropout
+    (``classifier_dropout``) and one linear layer; ``auto``: the architecture's own transformers
+    classifier (``AutoModelForSequenceClassification``: BERT's pooler + linear layer, RoBERTa's
+    two-layer head, GPT-2's and Llama's last-token score), with the run's labels in its config.
+    Both export (``--format merged``) as a folder ``pipeline("text-classification")`` loads; the
+    pooled head's carries its code (``trust_remote_code=True``)."""
     pooling: Literal["mean", "cls", "last"] = "mean"
     """Mean over non-pad tokens, the first token's hidden state (encoders), or the last real
     token's (decoders, where only the last token has seen the whole text)."""
@@ -100,6 +111,27 @@ class ClassificationTask(TaskOptions):
         if data.text_pair_column:
             columns[data.text_pair_column] = "data.text_pair_column"
         return {**columns, data.label_column: "data.label_column"}
+
+    def head_description(self) -> dict:
+        """What an export records of the head: its kind, and a pooled head's options."""
+        pooled = {"pooling": self.pooling, "classifier_dropout": self.classifier_dropout}
+        return {"type": self.head, **(pooled if self.head == "pooled" else {})}
+
+    def export_refusal(self, fmt: str) -> str | None:
+        if self.head == "auto" and fmt == "peft":
+            return ("a classification run with task.head auto is exported with --format merged (a transformers "
+                    "classifier pipeline loads); --format peft is for tunelab's pooled head")
+        return None
+
+    @model_validator(mode="after")
+    def _pooled_options_with_pooled_head(self) -> "ClassificationTask":
+        # Compared with the defaults, not the keys given: a run's saved config.yaml holds every key.
+        given = [k for k in ("pooling", "classifier_dropout") if getattr(self, k) != type(self).model_fields[k].default]
+        if self.head == "auto" and given:
+            keys = " and ".join(f"task.{k}" for k in given)
+            raise ValueError(f"{keys} apply to tunelab's pooled head only; task.head auto uses the architecture's own "
+                             f"classifier: drop {keys} or set task.head pooled")
+        return self
 
 
 class InstructTask(TaskOptions):
