@@ -359,7 +359,7 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         total_params=prepared.counts.total, trainable_percent=prepared.counts.trainable_percent,
         checkpoint_bytes=runs.checkpoint_bytes(run_dir), train_time_s=state.loop_seconds,
         wall_time_s=time.perf_counter() - started,
-        tokens_per_second=state.train_tokens / max(state.train_seconds, 1e-9),
+        tokens_per_second=state.train_tokens / max(state.train_seconds, 1e-9), train_steps_s=state.train_seconds,
         padding_fraction=1 - state.train_tokens / state.train_positions if state.train_positions else None,
         pruned=state.pruned, task_results=after.get("results") or {}, checksums=runs.checksums(run_dir),
         dropped_examples=prepared.dropped,

@@ -63,6 +63,8 @@ class Summary:
     git_hash: str | None
     before: dict[str, Any] | None = None
     """Test metrics of the base model before training, where the task measures them (lm)."""
+    train_steps_s: float | None = None
+    """Time inside training steps alone (no validation, no test): what tokens/s and steps/s divide by."""
     padding_fraction: float | None = None
     """Of the tokens in the training batches, the share that was padding."""
     dropped_examples: int = 0
