@@ -139,6 +139,10 @@ Tracker = Literal["tensorboard", "mlflow", "trackio", "wandb"]
 class OutputConfig(Strict):
     dir: str | None = None
     """Run directory. None: runs/<model>-<data>-<method>, with -2, -3 ... added when taken."""
+    inference_examples: int = Field(64, ge=0)
+    """Test inputs the best checkpoint's inference cost is timed on after the test (latency at
+    batch 1 and at ``batch_size``, per generated token for a causal LM; merged and unmerged where
+    the method folds into the weights: tunelab.inference); 0: not timed."""
     overwrite: bool = False
     """Allow writing into a run directory that already holds a finished run."""
     track: list[Tracker] = []

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from tunelab import methods, profile, runs, tasks, tracking
+from tunelab import inference, methods, profile, runs, tasks, tracking
 from tunelab.batching import make_loaders
 from tunelab.config import RunConfig
 from tunelab.errors import UserError
@@ -355,6 +355,8 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         metrics=declarations((*cfg.task.metrics, *cfg.task.result_metrics)),
         select_metric=loop.select_metric, test=test, validation=state.best_validation, before=before.get("test"),
         best_step=state.best_step, best_epoch=state.best_epoch, steps=state.step, stopped_early=state.stopped_early,
+    timed = inference.measure(loop.accelerator.unwrap_model(loop.model), prepared, cfg.eval.inference_examples,
+                              cfg.eval.batch_size) if cfg.eval.test and loop.main else None
         trainable_params=prepared.counts.trainable, added_params=prepared.counts.added,
         total_params=prepared.counts.total, trainable_percent=prepared.counts.trainable_percent,
         checkpoint_bytes=runs.checkpoint_bytes(run_dir), train_time_s=state.loop_seconds,
@@ -367,6 +369,7 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         label_names=prepared.label_names, **peak_memory(loop.accelerator), memory=state.memory,
         device=str(loop.accelerator.device), num_processes=loop.accelerator.num_processes,
         versions=runs.versions(), git_hash=runs.git_hash(), run_dir=run_dir)
+        inference=timed,
     if loop.main:
         if before.get("samples") or after.get("samples"):
             runs.write_json(run_dir / "samples.json", {"before": before.get("samples"), "after": after.get("samples")})

@@ -63,6 +63,9 @@ class Summary:
     git_hash: str | None
     before: dict[str, Any] | None = None
     """Test metrics of the base model before training, where the task measures them (lm)."""
+    inference: dict[str, Any] | None = None
+    """The best checkpoint's inference cost (tunelab.inference): ms per example at batch 1 and
+    at the evaluation batch, examples/s, ms per generated token; ``merged`` the same, merged."""
     train_steps_s: float | None = None
     """Time inside training steps alone (no validation, no test): what tokens/s and steps/s divide by."""
     padding_fraction: float | None = None

@@ -30,6 +30,11 @@ HEADERS = {
     "weights (MB)": ("memory.weights_bytes", 1e6), "gradients (MB)": ("memory.gradients_bytes", 1e6),
     "optimizer state (MB)": ("memory.optimizer_bytes", 1e6), "activations (MB)": ("memory.activations_bytes", 1e6),
     "forward peak (MB)": ("memory.forward_peak_bytes", 1e6), "backward peak (MB)": ("memory.backward_peak_bytes", 1e6),
+    "ms / example, batch 1": ("inference.batch1_ms", 1),
+    "merged: ms / example, batch 1": ("inference.merged.batch1_ms", 1),
+    "ms / example, eval batch": ("inference.batch_ms", 1),
+    "merged: ms / example, eval batch": ("inference.merged.batch_ms", 1),
+    "examples/s": ("inference.examples_per_s", 1),
 }
 
 
@@ -48,7 +53,9 @@ def summary_path(column: str) -> str:
         return "validation.loss"
     if column.startswith("test_") and column.endswith("_before"):
         return "before." + column.removeprefix("test_").removesuffix("_before")
-    for split in ("test", "validation", "memory"):
+    if column.startswith("inference_merged_"):
+        return "inference.merged." + column.removeprefix("inference_merged_")
+    for split in ("test", "validation", "memory", "inference"):
         if column.startswith(split + "_"):
             return f"{split}.{column.removeprefix(split + '_')}"
     return column
@@ -184,18 +191,22 @@ def test_every_cell_equals_the_runs_summaries(tiny_run_config, tmp_path, capsys)
     md = (comparison / "report.md").read_text()
     tables = markdown_tables(md)
     checked = 0
-    for title in ("Results", "Memory of one training step"):
+    for title in ("Results", "Memory of one training step", "Inference cost"):
         headers, body = tables[title]
         assert [r[0] for r in body] == ["head", "lora"]
         for r in body:
             for header, text in zip(headers[1:], r[1:]):
                 key, scale = HEADERS[header]
+                if text == "–":  # head-only cannot be merged: no merged numbers, an empty cell
+                    assert header.startswith("merged") and r[0] == "head", (r[0], header)
+                    continue
                 proportion = header == "test accuracy"
                 check_cell(text, summary_value(summaries[r[0]], key), scale,
                            summaries[r[0]]["test"]["examples"] if proportion else None)
                 checked += 1
-    assert checked >= 2 * 20
-    for name in ("validation_loss.png", "pareto.png", "time_memory.png", "memory_breakdown.png"):
+    assert checked >= 2 * 23
+    assert "merged: ms / example, batch 1" in tables["Inference cost"][0]  # LoRA folds into the weights
+    for name in ("validation_loss.png", "pareto.png", "time_memory.png", "memory_breakdown.png", "inference.png"):
         assert (comparison / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in md
 
@@ -206,7 +217,7 @@ def test_every_cell_equals_the_runs_summaries(tiny_run_config, tmp_path, capsys)
     assert results == [tables["Results"][0]] + tables["Results"][1]
     assert memory == [tables["Memory of one training step"][0]] + tables["Memory of one training step"][1]
     sources = re.findall(r'src="([^"]*)"', page)
-    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "http://" not in page and "https://" not in page and "<link" not in page
     assert summaries["head"]["git_hash"] in page and summaries["head"]["versions"]["torch"] in page
 

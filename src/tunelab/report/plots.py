@@ -10,6 +10,7 @@ import io
 from typing import Any
 
 from tunelab.report.document import Image
+from tunelab.report.inference import served_ms
 from tunelab.report.labels import place_labels
 from tunelab.report.rows import Pareto, Results, Row
 
@@ -30,6 +31,7 @@ def make_plots(results: Results, trials: dict[str, list[dict[str, Any]]] | None 
         ("pareto.png", pareto_caption(rows, metric), pareto(rows, results.pareto, colors)),
         ("time_memory.png", "Train time and peak memory", time_memory(rows, colors)),
         ("memory_breakdown.png", "Memory breakdown per method", memory_breakdown(rows)),
+        ("inference.png", f"Test {metric} against inference latency", inference_latency(rows, metric, colors)),
     ]
     made += [(plot.file, plot.caption, scatter(rows, plot, colors)) for plot in task_scatters(rows)]
     made.append(("tuning.png", "Validation objective of every trial against its learning rate (chosen: star; pruned: "
@@ -162,6 +164,29 @@ def time_memory(rows: list[Row], colors: Colors) -> bytes | None:
         ax.grid(alpha=0.3, axis="x")
     axes[1].set_yticklabels([])  # the left panel names the methods for both
     fig.suptitle("Train time and peak memory")
+    return png(fig)
+
+
+def inference_latency(rows: list[Row], metric: str, colors: dict[str, Any]) -> bytes | None:
+    """The primary test metric against batch-1 latency: merged (filled) and, where that differs,
+    unmerged (hollow, joined by a line)."""
+    points = [(row, *served_ms(row), row.mean(f"test_{metric}")) for row in rows]
+    points = [p for p in points if p[1] is not None and p[3] is not None]
+    if len(points) < 2:
+        return None
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.5))
+    for row, ms, merged, score in points:
+        ax.plot(ms, score, "o", markersize=8, color=colors[row.name])
+        unmerged = row.mean("inference_batch1_ms")
+        if merged and unmerged is not None:
+            ax.plot([ms, unmerged], [score, score], "-", color=colors[row.name], linewidth=1)
+            ax.plot(unmerged, score, "o", markersize=8, markerfacecolor="none", color=colors[row.name])
+    ax.set_xlabel("ms per example at batch 1 (hollow: unmerged)")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(f"Test {metric} against inference latency")
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.15, y=0.1)
+    label_points(ax, [(ms, score, row.name) for row, ms, _, score in points])
     return png(fig)
 
 

@@ -100,6 +100,27 @@ MEMORY_COLUMNS = [
 ]
 """Columns of the summary's ``memory`` mapping (``memory_<key>``)."""
 
+INFERENCE_COLUMNS = [
+    Column("inference_batch1_ms", "ms / example, batch 1", "ms"),
+    Column("inference_merged_batch1_ms", "merged: ms / example, batch 1", "ms"),
+    Column("inference_batch_ms", "ms / example, eval batch", "ms"),
+    Column("inference_merged_batch_ms", "merged: ms / example, eval batch", "ms"),
+    Column("inference_examples_per_s", "examples/s", "rate"),
+    Column("inference_token_ms", "ms / generated token", "ms"),
+    Column("inference_merged_token_ms", "merged: ms / generated token", "ms"),
+]
+"""Columns of the summary's ``inference`` mapping: ``inference_<key>``, ``inference_merged_<key>``."""
+
+
+def inference_values(inference: dict[str, Any] | None) -> dict[str, Any]:
+    """A run's inference numbers under their column keys."""
+    found = {"inference": inference or {}, "inference_merged": (inference or {}).get("merged") or {}}
+    out = {}
+    for column in INFERENCE_COLUMNS:
+        source = "inference_merged" if column.key.startswith("inference_merged_") else "inference"
+        out[column.key] = found[source].get(column.key.removeprefix(source + "_"))
+    return out
+
 
 def scores(metrics: dict[str, Any] | None) -> dict[str, float]:
     """The numbers of one split's metrics that score the run (no counts, no flags)."""
@@ -142,6 +163,7 @@ def run_values(run: Run) -> dict[str, Any]:
     values.update({c.key: getattr(s, c.key) for c in SUMMARY_COLUMNS})
     memory = s.memory or {}
     values.update({c.key: memory.get(c.key.removeprefix("memory_")) for c in MEMORY_COLUMNS})
+    values.update(inference_values(s.inference))
     return values
 
 
@@ -237,13 +259,16 @@ class Results:
     memory_columns: list[Column]
     """The memory table's columns (none where no run profiled its memory)."""
     pareto: Pareto
+    inference_columns: list[Column] = field(default_factory=list)
+    """The inference table's columns (none where no run timed its inference)."""
 
 
 def results(runs: list[Run]) -> Results:
     """Rows, columns and the Pareto front of the runs, each worked out once for the whole report."""
     rows = make_rows(runs)
     metric, higher = report_metric(runs)
-    return Results(rows, main_columns(rows, metric), present(MEMORY_COLUMNS, rows), Pareto.of(rows, metric, higher))
+    return Results(rows, main_columns(rows, metric), present(MEMORY_COLUMNS, rows), Pareto.of(rows, metric, higher),
+                   present(INFERENCE_COLUMNS, rows))
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,6 +289,7 @@ FORMATS: dict[str, Callable[[float], str]] = {
     "percent": lambda v: f"{v:.4g}" if abs(v) >= 1e-4 else f"{v:.6f}",
     "mb": _mb,
     "seconds": lambda v: f"{v:.1f}",
+    "ms": lambda v: _mb(v * 1e6),  # milliseconds, to three significant digits like megabytes
     "rate": lambda v: f"{v:,.0f}",
     "epoch": lambda v: f"{v:.2f}",
 }

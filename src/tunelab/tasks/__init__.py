@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from tunelab.methods.common import ParameterCounts
 
 Batch = dict[str, Any]
+SERVED_INPUTS = "served_inputs"
+"""``Prepared.extras`` key of ``(test examples, collate)`` as a served model gets them, where the
+splits hold something else (a head-only run's cached features); tunelab.inference times them."""
 
 
 @dataclass

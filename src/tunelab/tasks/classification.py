@@ -27,7 +27,7 @@ from tunelab.errors import UserError
 from tunelab.methods.common import count_parameters
 from tunelab.models.families import family_of
 from tunelab.models.loading import check_context_length, load_encoder, load_tokenizer
-from tunelab.tasks import Prepared, auto_head, batch_counts, features
+from tunelab.tasks import SERVED_INPUTS, Prepared, auto_head, batch_counts, features
 from tunelab.tasks.options import ClassificationTask
 from tunelab.tasks.pooled_head import TunelabForSequenceClassification, pool
 
@@ -208,6 +208,8 @@ def use_cached_features(prepared: Prepared) -> None:
     model, collate, cfg = prepared.model, prepared.collate, prepared.cfg
     if torch.cuda.is_available() and not cfg.train.cpu:
         model.cuda()
+    # A served model gets tokens, not cached features: what its inference cost is timed on.
+    prepared.extras[SERVED_INPUTS] = (prepared.splits["test"], collate)
     prepared.splits, prepared.lengths = features.feature_splits(model, prepared.splits, collate, cfg.eval.batch_size)
     prepared.collate = features.collate_features
     encode = prepared.encode_texts
