@@ -68,7 +68,7 @@ def report_of(directory: Path, table_file: str, html: Path) -> Report:
 def compare(config: str | Path | None = None, overrides: Overrides = None, *, methods: list[str] | None = None,
             seeds: int | None = None, output: str | Path | None = None, quick: bool = False, tune: bool = False,
             workers: int = 1, storage: str | None = None, track: list[str] | None = None,
-            progress: bool = True) -> Report:
+            eval_sets: list[str] | None = None, progress: bool = True) -> Report:
     """``tunelab compare``: every method (or ``methods``) on the same model, data and budget,
     each run in its own process; returns the report. The keywords are the command's options."""
     from tunelab import comparison as comparisons
@@ -81,6 +81,7 @@ def compare(config: str | Path | None = None, overrides: Overrides = None, *, me
         cfg.tune = TuneConfig()
     if track is not None:
         cfg.output.track = list(track)
+    cfg.eval_sets = list(dict.fromkeys([*cfg.eval_sets, *(eval_sets or [])]))
     plan = comparisons.plan(cfg, methods=",".join(methods) if methods else None, seeds=seeds,
                             output=str(output) if output else None, quick=quick)
     outcome, written = jobs.run_comparison(plan, progress=progress, workers=workers, storage=storage)

@@ -43,15 +43,20 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
+    from tunelab.comparison import NAME_PATTERN as NAME
     from tunelab.config import parse_overrides
-    from tunelab.evaluate import evaluate_run
+    from tunelab.evaluate import evaluate_run, save_evaluation
     from tunelab.train_command import format_metrics
 
     overrides = parse_overrides(extra)
     other = sorted(set(overrides) - {"data"})
     if other:
         raise UserError(f"eval takes --data.KEY overrides only (the run fixes the rest); got --{other[0]}.*")
+    if args.save and not NAME.match(args.save):
+        raise UserError(f"--save {args.save!r} names a folder: use letters, digits, '-', '_' or '.'")
     result = evaluate_run(Path(args.run_dir), args.split, overrides.get("data"))
+    if args.save:
+        print(f"saved in {save_evaluation(Path(args.run_dir), args.save, result)}")
     result.pop("predictions", None)  # per-example records; the numbers are what eval prints
     print(format_metrics(result, result["split"]))
     if args.json:
@@ -123,6 +128,7 @@ def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
         cfg.output.track = parse_track(args.track)
     if args.tune and cfg.tune is None:
         cfg.tune = TuneConfig()
+    cfg.eval_sets = list(dict.fromkeys([*cfg.eval_sets, *args.eval_set]))
     plan = compare.plan(cfg, methods=args.methods, seeds=args.seeds, output=args.output, quick=args.quick)
     outcome, written = jobs.run_comparison(plan, progress=not args.no_progress, workers=args.workers,
                                            storage=args.storage)
@@ -250,6 +256,8 @@ def add_run_commands(sub) -> None:
     p.add_argument("run_dir")
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.add_argument("--file", help="label every text of a csv/tsv/jsonl/parquet/txt file instead")
+    p.add_argument("--save", metavar="NAME", help="also keep the result in RUN_DIR/eval/NAME/ (metrics.json, "
+                                                  "predictions.jsonl): a comparison's report reads it")
     p.add_argument("--column", help="the file's text column (default: the run's data.text_column)")
     p.add_argument("--output", help="write a CSV: text, label, probability, probability_<label> for every label")
     p.add_argument("--json", action="store_true", help="one JSON object per text, with every label's probability")
@@ -310,6 +318,9 @@ def add_comparison_commands(sub) -> None:
 
 
 def add_generate_command(sub) -> None:
+    p.add_argument("--eval-set", action="append", default=[], metavar="NAME_OR_FILE",
+                   help="also evaluate every method's final checkpoint on this data, all of it (repeatable; "
+                        "the config's eval_sets too): the report shows whether the ranking holds there")
     from tunelab.tasks import causal_tasks
 
     p = sub.add_parser("generate", help="continue prompts with a base causal LM or a trained run (its method applied)")

@@ -81,6 +81,10 @@ class CompareConfig(Strict):
     tune: TuneConfig | None = None
     """Tune every method with the same budget on validation before its final runs (``--tune``).
     None: each method runs at the learning rate its entry gives."""
+    eval_sets: list[str] = []
+    """Other data every final run is also evaluated on, all of its rows (an embedded name or a
+    file, as ``tunelab eval --data.name`` takes it; labels mapped onto the run's by name): the
+    report shows each set's numbers, intervals and paired tests, and whether the ranking holds."""
     launcher: str | None = None
     """Start each run's training with this launcher, e.g. ``torchrun --nproc_per_node 2`` or
     ``accelerate launch --num_processes 2``; None: one process."""

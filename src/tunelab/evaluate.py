@@ -89,6 +89,20 @@ def run_labels(cfg, run_dir: Path) -> list[str] | None:
     return label_set(load_splits(cfg.data, cfg.task), cfg.data).names
 
 
+def save_evaluation(run_dir: Path, name: str, result: dict[str, Any]) -> Path:
+    """Write an evaluation's numbers and per-example records under ``RUN_DIR/eval/<name>/``."""
+    from tunelab import runs
+    from tunelab.eval_sets import EVAL_DIR
+
+    folder = run_dir / EVAL_DIR / name
+    folder.mkdir(parents=True, exist_ok=True)
+    predictions = result.get("predictions") or []
+    runs.atomic_write_text(folder / "predictions.jsonl",
+                           "".join(json.dumps({"id": i, **p}) + "\n" for i, p in enumerate(predictions)))
+    runs.write_json(folder / "metrics.json", {k: v for k, v in result.items() if k != "predictions"})
+    return folder
+
+
 def evaluate_run(run_dir: Path, split: str | None = "test", data: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rebuild the model from the base weights plus the run's checkpoint and evaluate a split
     (``all``: every row of the data). ``data``: overrides of the data section; split None

@@ -9,9 +9,9 @@ The final runs take the values of the method's best completed trial.
 
 ``tunelab compare`` runs one worker in its own process (``--workers 1``) or starts K worker
 processes, ``python -m tunelab.jobs DIR [--storage URL]``; another machine runs the same
-``tunelab compare --storage URL`` and picks up what no one has claimed. Killed and run again,
-a comparison continues: a trial left running by a dead worker of this host goes back to waiting
-and its run resumes from its snapshot.
+``tunelab compare --storage URL`` and picks up what no one has claimed. Killed and run again, a
+comparison continues: a trial a dead worker of this host left running waits again, and its run
+resumes from its snapshot.
 """
 
 from __future__ import annotations
@@ -52,8 +52,7 @@ class Entry:
 @dataclass
 class Job:
     entry: Entry
-    kind: str
-    """``tune`` or ``final``."""
+    kind: str  # tune or final
     index: int
     """The trial index (tune) or the seed's place (final)."""
     trial: optuna.Trial
@@ -301,7 +300,7 @@ def run_comparison(plan: compare.Plan, progress: bool = True, workers: int = 1,
     """
     from filelock import FileLock, Timeout
 
-    from tunelab import report
+    from tunelab import eval_sets, report
     from tunelab import runs as run_files
 
     if not 1 <= workers <= 64:
@@ -330,6 +329,7 @@ def run_comparison(plan: compare.Plan, progress: bool = True, workers: int = 1,
         else:
             run_workers(comparison, workers, storage, bars)
         bars.close()
+        eval_sets.evaluate(plan)
         outcome = comparison.outcome()
         failed = {k: v for k, v in outcome.items() if v.startswith("failed")}
         if failed and len(failed) == len(outcome):

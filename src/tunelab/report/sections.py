@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab.report import inference
+from tunelab.report import eval_sets, inference
 from tunelab.report.budget import budget_differences, budget_line, budget_table
 from tunelab.report.collect import PREDICTIONS_FILE, Run
 from tunelab.report.document import Block, BulletList, Code, Document, Heading, Image, Paragraph, Table
@@ -38,6 +38,7 @@ def build(runs: list[Run], results: Results, plots: list[Image], dirs: list[Path
     if results.memory_columns:
         blocks += [Heading("Memory of one training step"),
                    Table(*table_cells(results.rows, results.memory_columns), "memory"), Paragraph(MEMORY_NOTE)]
+    blocks += eval_sets.section(runs, results)
     blocks += inference.section(results.rows, results.inference_columns)
     blocks += [Heading("Plots"), *plots]
     if problems:
