@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from tunelab import inference, methods, profile, runs, tasks, tracking
+from tunelab import forgetting, inference, methods, profile, runs, tasks, tracking
 from tunelab.batching import make_loaders
 from tunelab.config import RunConfig
 from tunelab.errors import UserError
@@ -80,6 +80,7 @@ class TrainState:
     """The first training step's memory breakdown (tunelab.profile)."""
     before: dict[str, Any] | None = None
     """What the task measured of the base model before training."""
+    general_before: float | None = None  # the base model's perplexity on general text (tunelab.forgetting)
 
 
 @dataclass
@@ -157,7 +158,9 @@ def start_state(loop: Loop, resume: bool) -> TrainState:
         if not loop.cfg.eval.test:  # the base model's numbers are test numbers too
             return TrainState()
         return TrainState(before=loop.prepared.task.before_training(loop.model, loop.accelerator, loop.prepared,
-                                                                    loop.test_loader))
+                                                                    loop.test_loader),
+                          general_before=forgetting.base_perplexity(loop.accelerator.unwrap_model(loop.model),
+                                                                    loop.prepared))
     tensors, saved = runs.load_state(loop.run_dir, loop.optimizer, loop.scheduler, loop.accelerator.process_index)
     load_trainable_state(loop.accelerator.unwrap_model(loop.model), tensors)
     return TrainState(**saved)
@@ -355,8 +358,10 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         metrics=declarations((*cfg.task.metrics, *cfg.task.result_metrics)),
         select_metric=loop.select_metric, test=test, validation=state.best_validation, before=before.get("test"),
         best_step=state.best_step, best_epoch=state.best_epoch, steps=state.step, stopped_early=state.stopped_early,
-    timed = inference.measure(loop.accelerator.unwrap_model(loop.model), prepared, cfg.eval.inference_examples,
+    unwrapped = loop.accelerator.unwrap_model(loop.model)  # measured on the main process alone: no collectives
+    timed = inference.measure(unwrapped, prepared, cfg.eval.inference_examples,
                               cfg.eval.batch_size) if cfg.eval.test and loop.main else None
+    general = forgetting.result(unwrapped, prepared, state.general_before) if loop.main else None
         trainable_params=prepared.counts.trainable, added_params=prepared.counts.added,
         total_params=prepared.counts.total, trainable_percent=prepared.counts.trainable_percent,
         checkpoint_bytes=runs.checkpoint_bytes(run_dir), train_time_s=state.loop_seconds,
@@ -369,7 +374,7 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         label_names=prepared.label_names, **peak_memory(loop.accelerator), memory=state.memory,
         device=str(loop.accelerator.device), num_processes=loop.accelerator.num_processes,
         versions=runs.versions(), git_hash=runs.git_hash(), run_dir=run_dir)
-        inference=timed,
+        inference=timed, forgetting=general,
     if loop.main:
         if before.get("samples") or after.get("samples"):
             runs.write_json(run_dir / "samples.json", {"before": before.get("samples"), "after": after.get("samples")})

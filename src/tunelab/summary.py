@@ -63,6 +63,9 @@ class Summary:
     git_hash: str | None
     before: dict[str, Any] | None = None
     """Test metrics of the base model before training, where the task measures them (lm)."""
+    forgetting: dict[str, Any] | None = None
+    """A causal LM's perplexity on general text (``eval.general_text``) before and after training
+    (tunelab.forgetting): ``corpus``, ``tokens``, ``before``, ``after``, ``increase``."""
     inference: dict[str, Any] | None = None
     """The best checkpoint's inference cost (tunelab.inference): ms per example at batch 1 and
     at the evaluation batch, examples/s, ms per generated token; ``merged`` the same, merged."""

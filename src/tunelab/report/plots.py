@@ -32,6 +32,8 @@ def make_plots(results: Results, trials: dict[str, list[dict[str, Any]]] | None 
         ("time_memory.png", "Train time and peak memory", time_memory(rows, colors)),
         ("memory_breakdown.png", "Memory breakdown per method", memory_breakdown(rows)),
         ("inference.png", f"Test {metric} against inference latency", inference_latency(rows, metric, colors)),
+        ("forgetting.png", f"Test {metric} against the change in general-text perplexity",
+         forgetting(rows, metric, colors)),
     ]
     made += [(plot.file, plot.caption, scatter(rows, plot, colors)) for plot in task_scatters(rows)]
     made.append(("tuning.png", "Validation objective of every trial against its learning rate (chosen: star; pruned: "
@@ -187,6 +189,25 @@ def inference_latency(rows: list[Row], metric: str, colors: dict[str, Any]) -> b
     ax.grid(alpha=0.3)
     ax.margins(x=0.15, y=0.1)
     label_points(ax, [(ms, score, row.name) for row, ms, _, score in points])
+    return png(fig)
+
+
+def forgetting(rows: list[Row], metric: str, colors: Colors) -> bytes | None:
+    """The primary test metric against how much training raised the perplexity of general text."""
+    points = [(row.name, row.mean("forgetting_increase"), row.mean(f"test_{metric}")) for row in rows]
+    points = [p for p in points if p[1] is not None and p[2] is not None]
+    if len(points) < 2:
+        return None
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.5))
+    for name, increase, score in points:
+        ax.plot(100 * increase, score, "o", markersize=8, color=colors[name])
+    ax.axvline(0, color="gray", linewidth=1, linestyle="--")
+    ax.set_xlabel("change in general-text perplexity after training (%)")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(f"Test {metric} against forgetting")
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.15, y=0.1)
+    label_points(ax, [(100 * increase, score, name) for name, increase, score in points])
     return png(fig)
 
 

@@ -100,6 +100,13 @@ MEMORY_COLUMNS = [
 ]
 """Columns of the summary's ``memory`` mapping (``memory_<key>``)."""
 
+FORGETTING_COLUMNS = [
+    Column("forgetting_before", "general ppl before", "metric"),
+    Column("forgetting_after", "general ppl after", "metric"),
+    Column("forgetting_increase", "general ppl change", "percent_change"),
+]
+"""A causal LM's perplexity on general text before and after training (summary ``forgetting``)."""
+
 INFERENCE_COLUMNS = [
     Column("inference_batch1_ms", "ms / example, batch 1", "ms"),
     Column("inference_merged_batch1_ms", "merged: ms / example, batch 1", "ms"),
@@ -164,6 +171,7 @@ def run_values(run: Run) -> dict[str, Any]:
     memory = s.memory or {}
     values.update({c.key: memory.get(c.key.removeprefix("memory_")) for c in MEMORY_COLUMNS})
     values.update(inference_values(s.inference))
+    values.update({c.key: (s.forgetting or {}).get(c.key.removeprefix("forgetting_")) for c in FORGETTING_COLUMNS})
     return values
 
 
@@ -197,7 +205,7 @@ def main_columns(rows: list[Row], metric: str) -> list[Column]:
                for m in ordered]
     columns += [Column(f"validation_{metric}", f"val. {metric}", "metric"), Column("eval_loss", "eval loss", "metric")]
     columns += [Column(m.name, m.name.replace("_", " "), "metric") for m in declared.values() if m.in_results]
-    return present(columns + SUMMARY_COLUMNS, rows)
+    return present(columns + FORGETTING_COLUMNS + SUMMARY_COLUMNS, rows)
 
 
 def declared_metrics(rows: list[Row]) -> dict:
@@ -289,6 +297,7 @@ FORMATS: dict[str, Callable[[float], str]] = {
     "percent": lambda v: f"{v:.4g}" if abs(v) >= 1e-4 else f"{v:.6f}",
     "mb": _mb,
     "seconds": lambda v: f"{v:.1f}",
+    "percent_change": lambda v: f"{100 * v:+.1f} %",
     "ms": lambda v: _mb(v * 1e6),  # milliseconds, to three significant digits like megabytes
     "rate": lambda v: f"{v:,.0f}",
     "epoch": lambda v: f"{v:.2f}",
