@@ -250,14 +250,14 @@ def add_run_commands(sub) -> None:
     p.add_argument("--split", choices=["train", "validation", "test", "all"], default=None,
                    help="all: every row of the data (the default with --data.name), else test")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.add_argument("--save", metavar="NAME", help="also keep the result in RUN_DIR/eval/NAME/ (metrics.json, "
+                                                  "predictions.jsonl): a comparison's report reads it")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="the predicted label and its probability for each text, from a trained run")
     p.add_argument("run_dir")
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.add_argument("--file", help="label every text of a csv/tsv/jsonl/parquet/txt file instead")
-    p.add_argument("--save", metavar="NAME", help="also keep the result in RUN_DIR/eval/NAME/ (metrics.json, "
-                                                  "predictions.jsonl): a comparison's report reads it")
     p.add_argument("--column", help="the file's text column (default: the run's data.text_column)")
     p.add_argument("--output", help="write a CSV: text, label, probability, probability_<label> for every label")
     p.add_argument("--json", action="store_true", help="one JSON object per text, with every label's probability")
@@ -308,6 +308,9 @@ def add_comparison_commands(sub) -> None:
     p.add_argument("--launcher", help="start each run with this launcher, e.g. \"torchrun --nproc_per_node 2\" "
                                       "(see the README, 'Several processes')")
     p.add_argument("--track", help=TRACK_HELP)
+    p.add_argument("--eval-set", action="append", default=[], metavar="NAME_OR_FILE",
+                   help="also evaluate every method's final checkpoint on this data, all of it (repeatable; "
+                        "the config's eval_sets too): the report shows whether the ranking holds there")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
 
@@ -318,9 +321,6 @@ def add_comparison_commands(sub) -> None:
 
 
 def add_generate_command(sub) -> None:
-    p.add_argument("--eval-set", action="append", default=[], metavar="NAME_OR_FILE",
-                   help="also evaluate every method's final checkpoint on this data, all of it (repeatable; "
-                        "the config's eval_sets too): the report shows whether the ranking holds there")
     from tunelab.tasks import causal_tasks
 
     p = sub.add_parser("generate", help="continue prompts with a base causal LM or a trained run (its method applied)")

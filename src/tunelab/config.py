@@ -13,9 +13,9 @@ import yaml
 from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from tunelab.errors import UserError
-from tunelab.overrides import deep_merge, dotted_overrides, parse_overrides  # noqa: F401 - callers import them here
 from tunelab.methods import METHODS
 from tunelab.methods.options import LoRAMethod, MethodOptions
+from tunelab.overrides import deep_merge, dotted_overrides, parse_overrides  # noqa: F401 - callers import them here
 from tunelab.schema import Strict
 from tunelab.shipped import resolve_config
 from tunelab.tasks import TASKS
@@ -131,15 +131,6 @@ class EvalConfig(Strict):
     """Evaluate the best checkpoint on the test split at the end. A tuned comparison's trials
     run with this off: they choose hyper-parameters on validation, and only the final runs
     ever see test."""
-
-
-Tracker = Literal["tensorboard", "mlflow", "trackio", "wandb"]
-"""An experiment tracker a run's records can go to (tunelab.tracking)."""
-
-
-class OutputConfig(Strict):
-    dir: str | None = None
-    """Run directory. None: runs/<model>-<data>-<method>, with -2, -3 ... added when taken."""
     inference_examples: int = Field(64, ge=0)
     """Test inputs the best checkpoint's inference cost is timed on after the test (latency at
     batch 1 and at ``batch_size``, per generated token for a causal LM; merged and unmerged where
@@ -150,6 +141,15 @@ class OutputConfig(Strict):
     shipped causal configs set it) or any data tunelab reads; None: not measured."""
     general_tokens: int = Field(8192, ge=0)
     """Tokens of ``general_text`` scored, from the start of its test split."""
+
+
+Tracker = Literal["tensorboard", "mlflow", "trackio", "wandb"]
+"""An experiment tracker a run's records can go to (tunelab.tracking)."""
+
+
+class OutputConfig(Strict):
+    dir: str | None = None
+    """Run directory. None: runs/<model>-<data>-<method>, with -2, -3 ... added when taken."""
     overwrite: bool = False
     """Allow writing into a run directory that already holds a finished run."""
     track: list[Tracker] = []

@@ -351,6 +351,10 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         test = task.evaluate(loop.model, loop.test_loader, loop.accelerator, prepared, "test")
         predictions = test.pop("predictions", None)
         after = task.after_training(loop.model, loop.accelerator, prepared)
+    unwrapped = loop.accelerator.unwrap_model(loop.model)  # measured on the main process alone: no collectives
+    timed = inference.measure(unwrapped, prepared, cfg.eval.inference_examples,
+                              cfg.eval.batch_size) if cfg.eval.test and loop.main else None
+    general = forgetting.result(unwrapped, prepared, state.general_before) if loop.main else None
     before = state.before or {}
     summary = Summary(
         method=cfg.method.name, model=cfg.model.name, data=cfg.data.name, task=cfg.task.name,
@@ -358,15 +362,12 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         metrics=declarations((*cfg.task.metrics, *cfg.task.result_metrics)),
         select_metric=loop.select_metric, test=test, validation=state.best_validation, before=before.get("test"),
         best_step=state.best_step, best_epoch=state.best_epoch, steps=state.step, stopped_early=state.stopped_early,
-    unwrapped = loop.accelerator.unwrap_model(loop.model)  # measured on the main process alone: no collectives
-    timed = inference.measure(unwrapped, prepared, cfg.eval.inference_examples,
-                              cfg.eval.batch_size) if cfg.eval.test and loop.main else None
-    general = forgetting.result(unwrapped, prepared, state.general_before) if loop.main else None
         trainable_params=prepared.counts.trainable, added_params=prepared.counts.added,
         total_params=prepared.counts.total, trainable_percent=prepared.counts.trainable_percent,
         checkpoint_bytes=runs.checkpoint_bytes(run_dir), train_time_s=state.loop_seconds,
         wall_time_s=time.perf_counter() - started,
         tokens_per_second=state.train_tokens / max(state.train_seconds, 1e-9), train_steps_s=state.train_seconds,
+        inference=timed, forgetting=general,
         padding_fraction=1 - state.train_tokens / state.train_positions if state.train_positions else None,
         pruned=state.pruned, task_results=after.get("results") or {}, checksums=runs.checksums(run_dir),
         dropped_examples=prepared.dropped,
@@ -374,7 +375,6 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         label_names=prepared.label_names, **peak_memory(loop.accelerator), memory=state.memory,
         device=str(loop.accelerator.device), num_processes=loop.accelerator.num_processes,
         versions=runs.versions(), git_hash=runs.git_hash(), run_dir=run_dir)
-        inference=timed, forgetting=general,
     if loop.main:
         if before.get("samples") or after.get("samples"):
             runs.write_json(run_dir / "samples.json", {"before": before.get("samples"), "after": after.get("samples")})
