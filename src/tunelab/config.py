@@ -123,6 +123,15 @@ class TrainConfig(Strict):
     group_by_length: bool = True
     """Batch examples of similar length together (random groups of similar length, in random
     order, every example once per epoch), so batches carry little padding."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast of the forward passes (training and evaluation) through Accelerate's mixed
+    precision; the weights, gradients and optimizer state stay float32. fp16 also scales the loss
+    (Accelerate's gradient scaler) and needs a CUDA GPU; bf16 needs a GPU that has it, or runs
+    on the CPU with a warning: little gain there (tunelab.launch.check_precision)."""
+    gradient_checkpointing: bool = False
+    """Keep only each transformer layer's inputs from the forward pass and recompute the rest in
+    backward (transformers' non-reentrant activation checkpointing): less activation memory for
+    about one more forward pass of compute (tunelab.checkpointing)."""
 
 
 class EvalConfig(Strict):

@@ -119,7 +119,8 @@ def evaluate_run(run_dir: Path, split: str | None = "test", data: dict[str, Any]
     accelerator = make_accelerator(cfg)
     loader = DataLoader(prepared.splits[task_split], batch_size=cfg.eval.batch_size, collate_fn=prepared.collate)
     model, loader = accelerator.prepare(prepared.model, loader)
-    result = {"split": split, **prepared.task.evaluate(model, loader, accelerator, prepared, task_split)}
+    with accelerator.autocast():  # the run's train.precision, as its own evaluations ran
+        result = {"split": split, **prepared.task.evaluate(model, loader, accelerator, prepared, task_split)}
     if prepared.dropped:
         result["dropped_examples"] = prepared.dropped
     return result

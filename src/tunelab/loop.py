@@ -157,10 +157,11 @@ def start_state(loop: Loop, resume: bool) -> TrainState:
     if not resume:
         if not loop.cfg.eval.test:  # the base model's numbers are test numbers too
             return TrainState()
-        return TrainState(before=loop.prepared.task.before_training(loop.model, loop.accelerator, loop.prepared,
-                                                                    loop.test_loader),
-                          general_before=forgetting.base_perplexity(loop.accelerator.unwrap_model(loop.model),
-                                                                    loop.prepared))
+        with loop.accelerator.autocast():  # train.precision: evaluation under the training's autocast
+            return TrainState(before=loop.prepared.task.before_training(loop.model, loop.accelerator, loop.prepared,
+                                                                        loop.test_loader),
+                              general_before=forgetting.base_perplexity(loop.accelerator.unwrap_model(loop.model),
+                                                                        loop.prepared))
     tensors, saved = runs.load_state(loop.run_dir, loop.optimizer, loop.scheduler, loop.accelerator.process_index)
     load_trainable_state(loop.accelerator.unwrap_model(loop.model), tensors)
     return TrainState(**saved)
@@ -193,7 +194,8 @@ def train_loop(loop: Loop, state: TrainState, started: float) -> Summary:
         state.stopped_early = bool(cfg.train.patience and state.bad_evals >= cfg.train.patience)
     loop.bar.close()
     state.loop_seconds = time.perf_counter() - loop.clock
-    return finish(loop, state, started)
+    with loop.accelerator.autocast():  # the test under the training's precision (no backward here)
+        return finish(loop, state, started)
 
 
 def run_epoch(loop: Loop, state: TrainState) -> bool:
@@ -217,7 +219,8 @@ def run_epoch(loop: Loop, state: TrainState) -> bool:
             torch.set_rng_state(resumed_rng)
             resumed_rng = None
         if state.memory is None:  # once per run, before the first step changes anything
-            state.memory = profile.measure_step(loop.model, batch, loop.prepared.task.loss)
+            with loop.accelerator.autocast():
+                state.memory = profile.measure_step(loop.model, batch, loop.prepared.task.loss)
         if train_step(loop, state, batch) and after_step(loop, state):  # False: an accumulation goes on
             stop = True
             break
@@ -231,7 +234,8 @@ def train_step(loop: Loop, state: TrainState, batch: tasks.Batch) -> bool:
     the optimizer stepped."""
     accelerator, started = loop.accelerator, time.perf_counter()
     with accelerator.accumulate(loop.model):
-        loss, metrics = loop.prepared.task.loss(loop.model, batch)
+        with accelerator.autocast():  # train.precision: the task's forwards (it may call the body itself), not backward
+            loss, metrics = loop.prepared.task.loss(loop.model, batch)
         value = loss.item()  # the step's one wait for the device: the check and the logs read it
         if not math.isfinite(value):
             raise UserError(f"the loss became {value} at step {state.step}; "
@@ -259,7 +263,8 @@ def train_step(loop: Loop, state: TrainState, batch: tasks.Batch) -> bool:
 
 def after_step(loop: Loop, state: TrainState) -> bool:
     """Schedule, progress, the train log and step-wise validation; True when training should stop."""
-    loop.scheduler.step()
+    if not loop.accelerator.optimizer_step_was_skipped:  # fp16: the scaler skips a step that overflowed
+        loop.scheduler.step()
     state.step += 1
     loop.bar.update(1)
     window_loss = sum(loop.window) / len(loop.window)
@@ -304,7 +309,9 @@ def all_processes(loop: Loop, sums: dict[str, float]) -> dict[str, float]:
 def validate(loop: Loop, state: TrainState) -> bool:
     """Evaluate on validation, keep the best checkpoint, snapshot; True means stop early."""
     state.loop_seconds = time.perf_counter() - loop.clock
-    metrics = loop.prepared.task.evaluate(loop.model, loop.valid_loader, loop.accelerator, loop.prepared, "validation")
+    with loop.accelerator.autocast():
+        metrics = loop.prepared.task.evaluate(loop.model, loop.valid_loader, loop.accelerator, loop.prepared,
+                                              "validation")
     epoch = round(state.epoch + state.batches_done / max(len(loop.train_loader), 1), 4)
     score = metrics[loop.select_metric]
     improved = state.best is None or (score > state.best if loop.higher_is_better else score < state.best)

@@ -93,6 +93,7 @@ def train_from_cli(args: argparse.Namespace, extra: list[str]) -> int:
 def run_training(cfg, run_dir: Path, resume: bool = False, resuming: bool = False) -> tuple:
     """Train in ``run_dir`` (``resume``: from its snapshot; ``resuming``: a run started before,
     whose files are read back); the summary, and whether this is the main process."""
+    from tunelab import checkpointing
     from tunelab.build import prepare
     from tunelab.launch import make_accelerator
     from tunelab.loop import train
@@ -104,6 +105,7 @@ def run_training(cfg, run_dir: Path, resume: bool = False, resuming: bool = Fals
     # Every check on the input happens before anything is written. A resumed run reads back
     # the files it saved (the LSTM's vocabulary).
     prepared = prepare(cfg, run_dir if resuming else None)
+    checkpointing.enable(prepared)  # train.gradient_checkpointing, refused (the LSTM) before any write
     with run_directory_lock(run_dir, accelerator.is_main_process):
         if accelerator.is_main_process:
             start_run_directory(cfg, run_dir, prepared, fresh=not resuming)

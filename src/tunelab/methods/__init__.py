@@ -29,8 +29,10 @@ class Method(Protocol):
     """What a method module provides. Optionally also ``parameter_groups(model, cfg, lr,
     weight_decay)``, the optimizer's groups when the method's tensors learn at different rates
     (LoRA+); ``after_step(model, cfg, step)``, work after every optimizer step, before the
-    gradients are cleared (AdaLoRA's rank allocation); and ``peft_adapter(model, cfg)`` when
-    its options list the ``peft`` export format."""
+    gradients are cleared (AdaLoRA's rank allocation); ``before_checkpointing(model, cfg)``, when
+    its tensors must survive each layer running again in backward (prefix tuning's key/value
+    cache; tunelab.checkpointing); and ``peft_adapter(model, cfg)`` when its options list the
+    ``peft`` export format."""
 
     def apply(self, model: nn.Module, cfg: opts.MethodOptions, family: Family | None, tokenizer=None) -> None:
         """Inject the method's modules into ``model`` and leave exactly its tensors trainable
@@ -72,3 +74,10 @@ def after_step(model: nn.Module, cfg: opts.MethodOptions, step: int) -> None:
     hook = getattr(METHODS.load(cfg.name), "after_step", None)
     if hook is not None:
         hook(model, cfg, step)
+
+
+def before_checkpointing(model: nn.Module, cfg: opts.MethodOptions) -> None:
+    """The method's preparation for activation checkpointing of the body's layers, if it needs one."""
+    hook = getattr(METHODS.load(cfg.name), "before_checkpointing", None)
+    if hook is not None:
+        hook(model, cfg)

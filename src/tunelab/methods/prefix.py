@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from tunelab.errors import UserError
 from tunelab.methods.common import AdapterModule, freeze, task_head, unfreeze
 from tunelab.methods.options import PrefixMethod
 from tunelab.methods.virtual_tokens import account_for_virtual_tokens, cache_in_use, require_argument, take_cache
@@ -38,6 +39,19 @@ class PrefixMLP(nn.Module):
         return kv[0], kv[1]
 
 
+class FixedPrefixCache(DynamicCache):
+    """The prefixes and nothing more: a layer's ``update`` returns [prefix; its keys] and keeps
+    nothing. Under activation checkpointing each layer runs twice (forward, then again in
+    backward); a DynamicCache grows on the first run and would give the second [prefix; keys; keys]."""
+
+    def hold(self, keys: torch.Tensor, values: torch.Tensor, layer: int) -> None:
+        super().update(keys, values, layer)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        held = self.layers[layer_idx]
+        return torch.cat([held.keys, key_states], dim=-2), torch.cat([held.values, value_states], dim=-2)
+
+
 class KeyValuePrefix(AdapterModule):
     def __init__(self, layers: int, kv_heads: int, head_dim: int, n: int, dtype=torch.float32, device=None,
                  reparameterize: bool = False, embed_dim: int = 0, hidden_size: int = 512,
@@ -46,6 +60,7 @@ class KeyValuePrefix(AdapterModule):
         shape = (layers, kv_heads, n, head_dim)
         self.n = n
         self.cache_argument = cache_argument  # what the body's forward calls its key/value cache
+        self.checkpointed = False  # the body's layers run again in backward (before_checkpointing)
         if reparameterize:
             self.reparam = PrefixMLP(shape, embed_dim, hidden_size, dtype=dtype, device=device)
         else:
@@ -92,10 +107,11 @@ class KeyValuePrefix(AdapterModule):
         cache = take_cache(kwargs, self.cache_argument)
         if not cache_in_use(cache):  # later generation steps find the prefixes in the cache
             # A caller's empty cache (generate) is filled in place so it carries the prefixes on.
-            cache = cache if cache is not None else DynamicCache()
+            replayed = self.checkpointed and body.training and torch.is_grad_enabled()  # as the layers decide
+            cache = cache if cache is not None else FixedPrefixCache() if replayed else DynamicCache()
+            hold = cache.hold if isinstance(cache, FixedPrefixCache) else cache.update
             for layer, (keys, values) in enumerate(zip(*self.keys_values())):
-                cache.update(keys.unsqueeze(0).expand(batch, -1, -1, -1),
-                             values.unsqueeze(0).expand(batch, -1, -1, -1), layer)
+                hold(keys.unsqueeze(0).expand(batch, -1, -1, -1), values.unsqueeze(0).expand(batch, -1, -1, -1), layer)
             kwargs[self.cache_argument] = cache
         account_for_virtual_tokens(kwargs, batch, self.num_virtual_tokens, reference.device)
         return args, kwargs
@@ -114,6 +130,28 @@ def apply(model: nn.Module, cfg: PrefixMethod, family: Family | None, tokenizer=
     body.add_module("kv_prefix", prefix)
     body.register_forward_pre_hook(prefix.seed_cache, with_kwargs=True)
     unfreeze([prefix, *heads])
+
+
+def before_checkpointing(model: nn.Module, cfg: PrefixMethod) -> None:
+    """A checkpointed layer drops the cache it is given (it would write it twice) unless told it
+    only reads it: under checkpointing the prefixes come in a :class:`FixedPrefixCache`, which
+    never grows, so every layer of the body is told so. The layers checkpoint themselves; a
+    flag of the body's own only withholds the cache from them (GPT-2 passes None while it is
+    set), so it is lowered."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    body = transformer_body(model)
+    layers = [m for m in body.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers or not all(hasattr(m, "_can_checkpoint_with_cache") for m in layers):
+        raise UserError("train.gradient_checkpointing with prefix tuning: this transformers' checkpointed layers drop "
+                        "the key/value cache that carries the prefixes; set it false or upgrade transformers")
+    for module in body.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module._can_checkpoint_with_cache = True
+        elif isinstance(module, KeyValuePrefix):
+            module.checkpointed = True
+        elif getattr(module, "gradient_checkpointing", False):
+            module.gradient_checkpointing = False
 
 
 def peft_adapter(model: nn.Module, cfg: PrefixMethod):
