@@ -122,13 +122,13 @@ def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     cfg = compare.load_compare_config(args.config, parse_overrides(extra), quick=args.quick)
     if args.launcher:
         cfg.launcher = args.launcher
+    cfg.eval_sets = list(dict.fromkeys([*cfg.eval_sets, *args.eval_set]))
     if args.track:
         from tunelab.tracking import parse_track
 
         cfg.output.track = parse_track(args.track)
     if args.tune and cfg.tune is None:
         cfg.tune = TuneConfig()
-    cfg.eval_sets = list(dict.fromkeys([*cfg.eval_sets, *args.eval_set]))
     plan = compare.plan(cfg, methods=args.methods, seeds=args.seeds, output=args.output, quick=args.quick)
     outcome, written = jobs.run_comparison(plan, progress=not args.no_progress, workers=args.workers,
                                            storage=args.storage)
@@ -289,6 +289,10 @@ def add_inspection_commands(sub) -> None:
     p.add_argument("--cpu", action="store_true", help="measure on the CPU even where a GPU is present")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_profile)
+
+    from tunelab.planner.command import add_plan_arguments, run_plan
+
+    add_plan_arguments(sub, method_help()).set_defaults(func=lambda a, extra: run_plan(a, config_from_picks(a, extra)))
 
 
 def add_comparison_commands(sub) -> None:
