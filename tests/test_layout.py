@@ -32,3 +32,24 @@ def test_no_long_function():
                 if length > MAX_FUNCTION_LINES:
                     long[f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"] = length
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_the_planner_asks_methods_through_their_protocol():
+    """The memory planner reads what a method's modules add from ``AdapterModule.memory_site``
+    (tunelab.methods.memory_sites), never from a method's own module: a method it has never heard
+    of is planned the same way."""
+    methods = ROOT / "src" / "tunelab" / "methods"
+    own = {f"tunelab.methods.{p.stem}" for p in methods.glob("*.py")} - {
+        "tunelab.methods.__init__", "tunelab.methods.common", "tunelab.methods.memory_sites",
+        "tunelab.methods.options"}
+    found = {}
+    for path in sorted((ROOT / "src" / "tunelab" / "planner").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            found.update({name: path.name for name in names if name in own})
+    assert not found, f"the planner imports method modules: {found}"

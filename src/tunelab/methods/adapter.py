@@ -16,6 +16,7 @@ from transformers.pytorch_utils import Conv1D
 
 from tunelab.errors import UserError
 from tunelab.methods.common import AdapterModule, freeze, module_ids, replace_module, task_head, unfreeze
+from tunelab.methods.memory_sites import BottleneckSite
 from tunelab.methods.options import AdapterMethod
 from tunelab.models.families import Family
 
@@ -41,6 +42,10 @@ class BottleneckAdapter(AdapterModule):
         if not self.enabled:
             return h
         return h + self.adapter_up(self.act(self.adapter_down(h)))
+
+    def memory_site(self) -> BottleneckSite:
+        """A bottleneck on the wrapped projection's output."""
+        return BottleneckSite(hidden=self.adapter_down.in_features, size=self.adapter_down.out_features)
 
 
 def bottleneck_size(cfg: AdapterMethod, hidden: int) -> int:

@@ -42,6 +42,10 @@ class PretrainedBiases(AdapterModule):
                     stored.copy_(current)
         self._enabled = value
 
+    def memory_site(self) -> None:
+        """Nothing of its own: the biases that train are the model's, seen as any parameter."""
+        return None
+
 
 def apply(model: nn.Module, cfg: BitFitMethod, family: Family | None, tokenizer=None) -> None:
     heads = task_head(model)

@@ -17,6 +17,7 @@ from transformers.pytorch_utils import Conv1D
 
 from tunelab.errors import UserError
 from tunelab.methods.common import AdapterModule, freeze, module_ids, replace_module, task_head, unfreeze
+from tunelab.methods.memory_sites import ScaleSite
 from tunelab.methods.options import IA3Method
 from tunelab.models.families import Family
 
@@ -87,6 +88,11 @@ class IA3Layer(AdapterModule):
         if self.merged:
             self.rescale_base(1 / self.scale().detach())
             self.merged = False
+
+    def memory_site(self) -> ScaleSite:
+        """A vector scaling the projection's input, or its output (all of it: slices not
+        adapted are multiplied by ones)."""
+        return ScaleSite(features=self.ia3_l.shape[-1] * len(self.enabled_slices), slices=self.enabled_slices)
 
 
 def apply(model: nn.Module, cfg: IA3Method, family: Family | None, tokenizer=None) -> None:

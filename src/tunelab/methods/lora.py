@@ -47,6 +47,7 @@ from tunelab.methods.common import (
     trainable_parameters,
     unfreeze,
 )
+from tunelab.methods.memory_sites import LowRankSite
 from tunelab.methods.options import LoRAMethod
 from tunelab.models.families import FUSED_SLICES, Family
 
@@ -179,6 +180,13 @@ class LoRALayer(AdapterModule):
     def extra_repr(self) -> str:
         return (f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}, init={self.init}, "
                 f"slices={self.enabled_slices}, merged={self.merged}")
+
+    def memory_site(self) -> LowRankSite:
+        """A low-rank update beside the wrapped projection, with :class:`DoRALayer`'s magnitude if it has one."""
+        dropout = self.lora_dropout.p if isinstance(self.lora_dropout, nn.Dropout) else 0.0
+        return LowRankSite(r=self.r, in_features=self.lora_A.shape[-1],
+                           out_features=self.slice_size * len(self.enabled_slices), slices=self.enabled_slices,
+                           dropout=dropout, magnitude=hasattr(self, "magnitude"))
 
 
 class DoRALayer(LoRALayer):

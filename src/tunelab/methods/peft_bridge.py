@@ -77,6 +77,10 @@ class PeftLayers(AdapterModule):
             if layer.merged:
                 layer.unmerge()
 
+    def memory_site(self) -> None:
+        """PEFT's tuners are PEFT's to describe: the planner counts their parameters only."""
+        return None
+
     def take_out(self, model: nn.Module, name: str) -> None:
         """Each PEFT layer gives back the layer it wraps (merged or not), then this goes too."""
         prefix = name.rsplit(".", 1)[0] + "." if "." in name else ""

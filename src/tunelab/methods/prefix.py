@@ -14,6 +14,7 @@ from transformers import DynamicCache
 
 from tunelab.errors import UserError
 from tunelab.methods.common import AdapterModule, freeze, task_head, unfreeze
+from tunelab.methods.memory_sites import VirtualTokensSite
 from tunelab.methods.options import PrefixMethod
 from tunelab.methods.virtual_tokens import account_for_virtual_tokens, cache_in_use, require_argument, take_cache
 from tunelab.models.families import CACHE_ARGUMENT_NAMES, Family, cache_argument, key_value_shape, transformer_body
@@ -71,6 +72,10 @@ class KeyValuePrefix(AdapterModule):
     @property
     def num_virtual_tokens(self) -> int:
         return self.n
+
+    def memory_site(self) -> VirtualTokensSite:
+        """Learned key/value positions in every block's attention."""
+        return VirtualTokensSite(self.n, where="keys")
 
     def keys_values(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each (L, kv_heads, n, head_dim)."""

@@ -14,6 +14,7 @@ from torch import nn
 
 from tunelab.errors import UserError
 from tunelab.methods.common import AdapterModule, freeze, task_head, unfreeze
+from tunelab.methods.memory_sites import VirtualTokensSite
 from tunelab.methods.options import PromptMethod
 from tunelab.methods.virtual_tokens import (
     account_for_virtual_tokens,
@@ -35,6 +36,10 @@ class SoftPrompt(AdapterModule):
     @property
     def num_virtual_tokens(self) -> int:
         return self.prompt.shape[0]
+
+    def memory_site(self) -> VirtualTokensSite:
+        """Learned positions before the input embeddings: the whole body sees them."""
+        return VirtualTokensSite(self.num_virtual_tokens, where="input")
 
     def prepend(self, body: nn.Module, args: tuple, kwargs: dict):
         """Forward pre-hook of the body: [prompt; input embeddings], mask and token types extended."""

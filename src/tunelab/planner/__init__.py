@@ -38,16 +38,18 @@ sit on its output projection):
   attention, and SDPA's math fallback on the CPU when attention dropout is on, saves q, k, v at
   every head and the probabilities (T x T per head: the float32 softmax, plus the dropped-out
   copy and its mask, or autocast's half copy);
-- DoRA adds two tensors of the projection's output width per adapted projection; LoRA dropout
-  a dropped-out copy of the input (and its mask) per adapted projection;
+- a learned magnitude on a low-rank update (DoRA) adds two tensors of the projection's output
+  width per adapted projection; dropout on the update's input (LoRA dropout) a dropped-out copy
+  of the input (and its mask) per adapted projection;
 - feed-forward: the activation's input (tanh-GELU written in Python: four tensors), and for a
   gated MLP the two factors of the product as well;
 - dropout: a mask per dropout on the hidden state (1 byte on CUDA, activation-sized on the CPU);
 - projections: a projection saves its input only if its weight trains (full fine-tuning; the
   last blocks of head-only tuning): a frozen projection passes the gradient back through its
-  weight, which needs no activation. LoRA saves the input its A reads (once per input it shares
-  with other LoRA A's) and B's input (r per adapted projection); IA3 the tensor its vector scales;
-  a bottleneck adapter its input and its bottleneck's two tensors.
+  weight, which needs no activation. What a method's modules add, each module describes itself
+  (:mod:`tunelab.methods.memory_sites`): a low-rank update (LoRA) saves the input its A reads
+  (once per input it shares with other A's) and B's input (r per adapted slice); a scale vector
+  (IA3) the tensor it scales; a bottleneck (adapters) its input and its two inner tensors.
 
 Outside the blocks: the embeddings' norm and dropout (post-LN encoders, when the input trains),
 the final norm (pre-LN decoders), and the head: a causal LM keeps the float32 log-probabilities
@@ -59,5 +61,5 @@ so the blocks' sum becomes (blocks x T x hidden) + one block.
 
 Left out: the CUDA context and the caching allocator's fragmentation (leave 1-2 GB), buffers
 (rotary tables, position ids), small per-token tensors (masks, indices, RoPE's cos and sin),
-methods outside these rules (PEFT's other tuners are counted by their parameters only).
+methods whose modules describe no memory site (PEFT's tuners: counted by their parameters only).
 """

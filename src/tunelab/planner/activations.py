@@ -104,16 +104,17 @@ def saved_elsewhere(shape: Shape, s: Settings) -> set[str]:
 def method_bytes(shape: Shape, block: Block, s: Settings) -> int:
     """Per token, what the method's own modules in a block save."""
     a, widths, total = s.act_bytes, role_widths(shape), 0
-    shared = {site.role for site in block.lora if site.dropout == 0} - block.trained_roles - saved_elsewhere(shape, s)
+    shared = {role for role, site in block.low_rank if site.dropout == 0} - block.trained_roles
+    shared -= saved_elsewhere(shape, s)
     total += sum(widths[role] for role in shared) * a  # A reads the projection's input, once per input
-    for site in block.lora:
-        total += site.slices * site.r * a  # B reads A x
+    for _, site in block.low_rank:
+        total += sum(site.slices) * site.r * a  # B reads A x
         if site.dropout > 0:  # each site drops out its own copy of the input
             total += site.in_features * (a + s.mask_bytes)
-        if site.dora:  # the magnitude's gradient reads W0 x and B A x
+        if site.magnitude:  # the magnitude's gradient reads W0 x and B A x
             total += 2 * site.out_features * a
-    total += sum(block.scales) * a  # IA3: the tensor each vector scales
-    total += sum(h + 2 * m for h, m in block.adapters) * a  # down's input, the activation's, up's
+    total += sum(block.scales) * a  # the tensor each scale vector multiplies
+    total += sum(b.hidden + 2 * b.size for b in block.bottlenecks) * a  # down's input, the activation's, up's
     return total
 
 

@@ -3,7 +3,9 @@
 The model is built from its config alone on the meta device with the method applied, as
 ``tunelab params`` builds it (:func:`tunelab.build.model_from_config`), so parameter counts are
 exact. Each transformer block is then read module by module: which projections' weights train
-(their inputs must be saved), which LoRA, IA3 and bottleneck-adapter modules sit where, and
+(their inputs must be saved), which method modules sit where and what they add (each module
+describes itself, :func:`tunelab.methods.memory_sites.memory_site_of`: a low-rank update, a
+scale vector, a bottleneck, virtual tokens; the planner never asks for a method's class), and
 whether anything at or before the block trains (whether gradients flow through it at all).
 """
 
@@ -14,11 +16,14 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from tunelab.methods.adapter import BottleneckAdapter
-from tunelab.methods.ia3 import IA3Layer
-from tunelab.methods.lora import DoRALayer, LoRALayer
-from tunelab.methods.prefix import KeyValuePrefix
-from tunelab.methods.prompt import SoftPrompt
+from tunelab.methods.memory_sites import (
+    BottleneckSite,
+    LowRankSite,
+    MemorySite,
+    ScaleSite,
+    VirtualTokensSite,
+    memory_site_of,
+)
 from tunelab.models.families import Family, family_of, is_causal_lm, transformer_blocks, transformer_body
 
 ROLES = ("qkv", "attn_out", "mlp_in", "mlp_out")
@@ -113,17 +118,6 @@ def shape_of(hf_config) -> Shape:
         attention="eager" if getattr(hf_config, "_attn_implementation", None) == "eager" else "sdpa")
 
 
-@dataclass(frozen=True)
-class LoRASite:
-    role: str
-    r: int
-    slices: int
-    in_features: int
-    out_features: int
-    dropout: float
-    dora: bool
-
-
 @dataclass
 class Block:
     """What trains in one transformer block (its own parameters and the method's modules in it)."""
@@ -132,11 +126,12 @@ class Block:
     trainable: int = 0
     trained_roles: set[str] = field(default_factory=set)
     trained_norms: bool = False
-    lora: list[LoRASite] = field(default_factory=list)
+    low_rank: list[tuple[str, LowRankSite]] = field(default_factory=list)
+    """Low-rank updates, each with the role of the projection it updates."""
     scales: list[int] = field(default_factory=list)
-    """IA3: the length of each learned vector (the tensor it scales is saved for its gradient)."""
-    adapters: list[tuple[int, int]] = field(default_factory=list)
-    """Bottleneck adapters: (hidden size, bottleneck size)."""
+    """The width of the tensor each learned scale vector multiplies (saved for its gradient)."""
+    bottlenecks: list[BottleneckSite] = field(default_factory=list)
+    """Bottlenecks on projections' outputs."""
     entry: int | None = None
     """Index in :data:`ENTRIES` of the earliest trained thing (None: nothing trains here)."""
 
@@ -171,32 +166,42 @@ def entry_of(name: str, role: str, family: Family, slices: tuple[bool, ...] = (T
     return "q" if re.sub(r"\.base$", "", name).endswith(query) else "kv"
 
 
-def _lora_site(module: LoRALayer, role: str) -> LoRASite:
-    slices, r, in_features = module.lora_A.shape
-    dropout = module.lora_dropout.p if isinstance(module.lora_dropout, nn.Dropout) else 0.0
-    return LoRASite(role, r, slices, in_features, module.slice_size * len(module.enabled_slices), dropout,
-                    isinstance(module, DoRALayer))
+def add_site(found: Block, site: MemorySite, name: str, role: str, family: Family) -> None:
+    """A method's module on the projection called ``name``: what it saves, and where the block is
+    entered (a bottleneck adapts the projection's output: the block is entered after it)."""
+    if isinstance(site, LowRankSite):
+        found.low_rank.append((role, site))
+        slices = site.slices
+    elif isinstance(site, ScaleSite):
+        found.scales.append(site.features)
+        slices = site.slices
+    elif isinstance(site, BottleneckSite):
+        found.bottlenecks.append(site)
+        slices = (True,)  # the projection's whole output
+    else:  # virtual tokens are the body's, not a block's
+        return
+    found.enter(entry_of(name, role, family, slices))
+
+
+def inside(name: str, owners: list[str]) -> bool:
+    """Whether module ``name`` belongs to one of the method modules ``owners``: everything inside
+    them but the projection a wrapper wraps (its ``base``), which is read as any projection."""
+    return any(name.startswith(owner + ".") and not (name + ".").startswith(owner + ".base.") for owner in owners)
 
 
 def read_block(block: nn.Module, family: Family) -> Block:
     """One block's parameters and what trains in it."""
     found = Block(params=sum(p.numel() for p in block.parameters()),
                   trainable=sum(p.numel() for p in block.parameters() if p.requires_grad))
-    inside_adapter: list[str] = []
+    owners: list[str] = []
     for name, module in block.named_modules():
-        if any(name.startswith(prefix + ".adapter_") for prefix in inside_adapter):
-            continue  # the adapter's own projections are counted with the adapter
+        if inside(name, owners):
+            continue  # a method module's own layers (a bottleneck's projections) are counted with it
         role = role_of(name, family)
-        if isinstance(module, BottleneckAdapter):
-            inside_adapter.append(name)
-            found.adapters.append((module.adapter_down.in_features, module.adapter_down.out_features))
-            found.enter(role)  # it adapts the projection's output: the block is entered after it
-        elif isinstance(module, LoRALayer):
-            found.lora.append(_lora_site(module, role))
-            found.enter(entry_of(name, role, family, module.enabled_slices))
-        elif isinstance(module, IA3Layer):
-            found.scales.append(module.ia3_l.shape[-1] * len(module.enabled_slices))
-            found.enter(entry_of(name, role, family, module.enabled_slices))
+        site = memory_site_of(module)
+        if site is not None:
+            owners.append(name)
+            add_site(found, site, name, role, family)
         elif hasattr(module, "weight") and module.weight is not None and module.weight.dim() == 2:
             if module.weight.requires_grad:
                 found.trained_roles.add(role)
@@ -255,8 +260,8 @@ def read_anatomy(model: nn.Module, hf_config) -> Anatomy:
     family = family_of(hf_config)
     params = list(model.parameters())
     body = transformer_body(model)
-    prompts = [m for m in body.children() if isinstance(m, SoftPrompt)]
-    prefixes = [m for m in body.children() if isinstance(m, KeyValuePrefix)]
+    tokens = [(m, site) for m in body.children() if isinstance(site := memory_site_of(m), VirtualTokensSite)]
+    prompts = [m for m, site in tokens if site.where == "input"]
     input_modules = [body.get_input_embeddings(), getattr(body, "embeddings", None), getattr(body, "wpe", None),
                      *prompts]
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -268,8 +273,8 @@ def read_anatomy(model: nn.Module, hf_config) -> Anatomy:
         trainable_matrices=sum(p.numel() for p in params if p.requires_grad and p.dim() >= 2),
         blocks=[read_block(b, family) for b in transformer_blocks(body)],
         input_trains=any(p.requires_grad for m in input_modules if m is not None for p in m.parameters()),
-        prefix_tokens=sum(m.num_virtual_tokens for m in prefixes),
-        prompt_tokens=sum(m.num_virtual_tokens for m in prompts),
+        prefix_tokens=sum(site.tokens for _, site in tokens if site.where == "keys"),
+        prompt_tokens=sum(site.tokens for _, site in tokens if site.where == "input"),
         head_input_trains=output is not None and output.weight.requires_grad,
         pooler_trains=any(p.requires_grad and p.dim() == 2 for p in pooler.parameters()))
 
