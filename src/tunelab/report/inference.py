@@ -22,6 +22,9 @@ def served_ms(row: Row) -> tuple[float | None, bool]:
 def sentence(rows: list[Row]) -> str | None:
     """Each method's batch-1 latency against the fastest, merged where it can be."""
     timed = [(row, *served_ms(row)) for row in rows if served_ms(row)[0] is not None]
+    models = [row.runs[0].summary.model for row, _, _ in timed]
+    common = max(set(models), key=models.count) if models else None
+    timed = [t for t in timed if t[0].runs[0].summary.model == common]  # the same model's methods against each other
     if len(timed) < 2:
         return None
     fastest = min(timed, key=lambda t: t[1])
@@ -32,7 +35,8 @@ def sentence(rows: list[Row]) -> str | None:
         unmerged = row.mean("inference_batch1_ms")
         extra = f" (unmerged {100 * (unmerged / fastest[1] - 1):+.0f} %)" if merged and unmerged is not None else ""
         parts.append(f"{row.name}{' merged' if merged else ''} {100 * (ms / fastest[1] - 1):+.0f} %{extra}")
-    return (f"One example at a time, against the fastest ({fastest[0].name}, {fastest[1]:.2f} ms per example): "
+    return (f"One example at a time on {common}, against its fastest method ({fastest[0].name}, {fastest[1]:.2f} ms "
+            f"per example): "
             f"{'; '.join(parts)}. Differences of a few percent are within the timing's noise.")
 
 
