@@ -116,7 +116,8 @@ def load_run(run_dir: Path) -> Generator:
 
 
 def render_prompt(generator: Generator, prompt: str) -> str:
-    """The run's task template filled from the prompt, with the run's demonstrations in front.
+    """The run's task template filled from the prompt, with the run's demonstrations in front
+    and its zero-shot chain-of-thought trigger behind.
 
     A template with one field (``{text}``, ``{article}``) takes the prompt as it is; one with
     several takes a JSON object naming them.
@@ -139,7 +140,8 @@ def render_prompt(generator: Generator, prompt: str) -> str:
         if not isinstance(example, dict) or any(f not in example for f in fields):
             raise UserError(f"the run's template {template!r} has fields {', '.join(fields)}; give each prompt as "
                             f"a JSON object with them, e.g. {json.dumps(dict.fromkeys(fields, '...'))}")
-    return generator.extras.get("preamble", "") + causal.render(template, example)
+    extras = generator.extras
+    return extras.get("preamble", "") + causal.render(template, example) + extras.get("suffix", "")
 
 
 def encode(generator: Generator, text: str, max_new_tokens: int) -> list[int]:
@@ -164,8 +166,9 @@ def generate(generator: Generator, prompts: list[str], options: GenerationOption
     """Continue each prompt, one at a time; with ``stream``, print each prompt and its
     continuation there as it is produced. Returns ``{"prompt", "completion"}`` per prompt
     (plus ``"rendered"``, the text the model saw, with ``template``)."""
+    from tunelab.tasks import causal
+
     model, tokenizer = generator.model, generator.tokenizer
-    device = next(model.parameters()).device
     texts = [render_prompt(generator, p) if template else p for p in prompts]
     encoded = [encode(generator, t, options.max_new_tokens) for t in texts]  # every prompt checked before any runs
     config = options.generation_config(tokenizer)
@@ -181,10 +184,8 @@ def generate(generator: Generator, prompts: list[str], options: GenerationOption
             stream.write(text)
             stream.flush()
             streamer = _Streamer(tokenizer, stream)
-        input_ids = torch.tensor([ids], device=device)
-        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                             generation_config=config, streamer=streamer)
-        completion = tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True)
+        new = causal.continue_ids(model, tokenizer, [ids], generation_config=config, streamer=streamer)
+        completion = tokenizer.decode(new[0], skip_special_tokens=True)
         results.append({"prompt": prompt, **({"rendered": text} if template else {}), "completion": completion})
     return results
 

@@ -124,13 +124,9 @@ def ranked_pairs(policy, prompts: list[str], settings: dict[str, Any], seed: int
     ids = [tokenizer(p)["input_ids"] for p in prompts]
     set_seed(seed)
     with torch.inference_mode():
-        out = model.generate(input_ids=causal.pad(ids, tokenizer.pad_token_id, left=True).to(model.device),
-                             attention_mask=causal.pad([[1] * len(i) for i in ids], 0, left=True).to(model.device),
-                             max_new_tokens=settings["max_new_tokens"], do_sample=True, temperature=1.0, top_k=0,
-                             top_p=1.0, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
-    width = causal.pad(ids, 0, left=True).shape[1]
-    continuations = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)  # (len(prompts) * n,)
+        new = causal.continue_ids(model, tokenizer, ids, max_new_tokens=settings["max_new_tokens"],
+                                  num_return_sequences=n, **causal.PURE_SAMPLING)
+    continuations = tokenizer.batch_decode(new, skip_special_tokens=True)  # (len(prompts) * n,)
     scores = reward([prompts[i // n] + continuations[i] for i in range(len(continuations))])
     rows = []
     for i, prompt in enumerate(prompts):

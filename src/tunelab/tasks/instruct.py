@@ -12,7 +12,11 @@ whole sequence, ``loss_on: sequence``). Evaluation reports two accuracies side b
 Validation scores only (fast) unless ``generate_on_validation``; its ``accuracy`` is then the
 score accuracy. ``loss`` is the mean NLL per gold answer token. ``shots: k`` puts k
 demonstrations from train (drawn once by ``shots_seed``, labels taken in turn) before every
-prompt, for the zero-/few-shot baselines of ``method: none``.
+prompt, for the zero-/few-shot baselines of ``method: none``. ``reasoning: cot`` shows each
+demonstration's written reasoning, ``zero_shot_cot`` puts a trigger after the prompt; the
+model then reasons before it answers and the label is read from its whole output
+(:mod:`tunelab.tasks.reasoning`). ``score_accuracy`` and ``loss`` still read the label words
+right after the prompt: what the model would answer without reasoning.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 from tunelab.data.labels import label_set
 from tunelab.errors import UserError
 from tunelab.models.loading import check_context_length, load_config, load_tokenizer
-from tunelab.tasks import Prepared, causal, decoding, gather_objects
+from tunelab.tasks import Prepared, causal, decoding, gather_objects, reasoning
 
 
 def resolve_label_words(task, names: list[str]) -> list[str]:
@@ -54,6 +58,14 @@ def parse_label(output: str, words: list[str]) -> int | None:
     return max(matches)[1] if matches else None
 
 
+def read_label(task, output: str, words: list[str]) -> int | None:
+    """The label of a generated output: its first word (:func:`parse_label`), or with
+    ``reasoning`` the label its reasoning ends in (:func:`tunelab.tasks.reasoning.extract_label`)."""
+    if task.reasoning == "none":
+        return parse_label(output, words)
+    return reasoning.extract_label(output, words, task.answer_marker, reasoning.stop_text(task))
+
+
 def draw_demonstrations(train: datasets.Dataset, label_column: str, labels, k: int, seed: int) -> list[dict]:
     """k training examples drawn by ``seed``, taking the labels in turn so each one appears."""
     order = list(range(len(train)))
@@ -70,6 +82,42 @@ def draw_demonstrations(train: datasets.Dataset, label_column: str, labels, k: i
     return [train[i] for i in picked]
 
 
+def with_rationales(train: datasets.Dataset, column: str, shots: int) -> datasets.Dataset:
+    """The training examples that can be chain-of-thought demonstrations: those with reasoning."""
+    if column not in train.column_names:
+        raise UserError(f"task.rationale_column {column!r} is not in the train split (reasoning cot shows it in "
+                        f"the demonstrations); columns: {', '.join(train.column_names)}")
+    kept = train.filter(lambda row: bool(str(row[column] or "").strip()), keep_in_memory=True)
+    if len(kept) < shots:
+        raise UserError(f"reasoning cot needs {shots} demonstrations with reasoning; only {len(kept)} train rows "
+                        f"have a non-empty {column!r}; lower task.shots")
+    return kept
+
+
+def build_preamble(task, data, train: datasets.Dataset, labels, words: list[str]) -> str:
+    """The demonstrations before every prompt (:func:`tunelab.tasks.reasoning.demonstration`)."""
+    if not task.shots:
+        return ""
+    if task.reasoning == "cot":
+        train = with_rationales(train, task.rationale_column, task.shots)
+    demos = draw_demonstrations(train, data.label_column, labels, task.shots, task.shots_seed)
+    return reasoning.preamble(task, [(d, words[labels.encode(d[data.label_column], "train")]) for d in demos])
+
+
+def check_reasoning(cfg, model_config) -> None:
+    """Reasoning is a way of prompting: refused with a method that trains, and the prompt and its
+    reasoning must fit the model's positions."""
+    task = cfg.task
+    if task.reasoning == "none":
+        return
+    if cfg.method.name != "none":
+        raise UserError(f"task.reasoning {task.reasoning} is a prompting baseline (method none); "
+                        f"method {cfg.method.name} would train the label word right after the prompt, not "
+                        "reasoning; set method.name none or task.reasoning none")
+    check_context_length(cfg, model_config, task.max_length + task.max_new_tokens,
+                         key="task.max_length + task.max_new_tokens")
+
+
 def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
     task, data = cfg.task, cfg.data
     causal.check_template(task.template, raw)
@@ -79,22 +127,20 @@ def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
                             f"columns: {', '.join(split.column_names)}")
     labels = label_set(raw, data)
     words = resolve_label_words(task, labels.names)
-    check_context_length(cfg, load_config(cfg.model))
+    model_config = load_config(cfg.model)
+    check_context_length(cfg, model_config)
+    check_reasoning(cfg, model_config)
     tokenizer = load_tokenizer(cfg.model)
     answers = [causal.answer_ids(tokenizer, task.answer_prefix + w, f"label word of {n!r}")
                for w, n in zip(words, labels.names)]
     if len({tuple(a) for a in answers}) < len(answers):
         raise UserError(f"task.label_words {words} do not tokenize to distinct answers; give distinct words")
-    preamble = ""
-    if task.shots:
-        demos = draw_demonstrations(raw["train"], data.label_column, labels, task.shots, task.shots_seed)
-        preamble = "".join(causal.render(task.template, d) + task.answer_prefix
-                           + words[labels.encode(d[data.label_column], "train")] + task.shot_separator
-                           for d in demos)
+    preamble = build_preamble(task, data, raw["train"], labels, words)
+    suffix = reasoning.query_suffix(task)
     budget = task.max_length - max(len(a) for a in answers)
 
     def encode(example, split_name):
-        prompt = causal.encode_prompt(tokenizer, task.template, example, budget, preamble)
+        prompt = causal.encode_prompt(tokenizer, task.template, example, budget, preamble, suffix)
         # A new column name: reusing the data's `label` would keep its type (text in a CSV).
         return {"prompt_ids": prompt, "label_id": labels.encode(example[data.label_column], split_name)}
 
@@ -104,7 +150,7 @@ def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
     model, counts = causal.load_model(cfg, tokenizer)
     return Prepared(model, tokenizer, splits, collator(tokenizer.pad_token_id, answers, task.loss_on), labels.names,
                     counts, task=sys.modules[__name__], cfg=cfg,
-                    extras={"answers": answers, "words": words, "preamble": preamble})
+                    extras={"answers": answers, "words": words, "preamble": preamble, "suffix": suffix})
 
 
 def collator(pad_id: int, answers: list[list[int]], loss_on: str):
@@ -163,7 +209,7 @@ def score_batch(model, unwrapped, batch, prepared, generate: bool) -> dict[str, 
     result = {"gold_nll": nll.gather(1, gold[:, None]).squeeze(1), "gold_tokens": lengths[gold],
               "scored": nll.argmin(1), "scored_probability": chosen.max(1).values, "gold": gold}
     if generate:
-        parsed = [parse_label(t, prepared.extras["words"]) for t in texts]
+        parsed = [read_label(prepared.cfg.task, t, prepared.extras["words"]) for t in texts]
         result["generated"] = torch.tensor([-1 if p is None else p for p in parsed], device=gold.device)
         result["texts"] = texts
     return result

@@ -139,7 +139,8 @@ class InstructTask(TaskOptions):
 
     Evaluation reports both ways side by side: ``generate`` (greedy decoding of a few tokens,
     mapped to a label when the output starts with a label word, anything else wrong and counted
-    as invalid) and ``score`` (the label whose tokens are most likely after the prompt).
+    as invalid) and ``score`` (the label whose tokens are most likely after the prompt). With
+    ``reasoning``, the output reasons first and the label is read from all of it.
     """
 
     name: Literal["instruct"] = "instruct"
@@ -167,10 +168,24 @@ class InstructTask(TaskOptions):
     """In-context demonstrations from train (drawn once by ``shots_seed``) put before every prompt."""
     shots_seed: int = 0
     shot_separator: str = "\n\n"
-    max_new_tokens: int = Field(3, ge=1, le=64)
-    """Tokens generated per example for generate-accuracy."""
+    max_new_tokens: int = Field(3, ge=1, le=1024)
+    """Tokens generated per example for generate-accuracy; 128 by default with ``reasoning``."""
     generate_on_validation: bool = False
     """Also generate on validation (slower); by default validation scores the labels only."""
+    reasoning: Literal["none", "cot", "zero_shot_cot"] = "none"
+    """``none``: the answer is the label word the output starts with. ``cot`` (chain of thought,
+    Wei et al. 2022): each of the ``shots`` demonstrations shows its ``rationale_column``, then
+    ``answer_marker`` and its label word. ``zero_shot_cot`` (Kojima et al. 2022): no
+    demonstrations, ``cot_trigger`` after the prompt. With reasoning the model writes before it
+    answers, and the label is read from the whole output (tunelab.tasks.reasoning); ``method:
+    none`` only."""
+    rationale_column: str = "rationale"
+    """The train column of written reasoning that ``cot`` demonstrations show."""
+    cot_trigger: str = "Let's think step by step."
+    """Put after the prompt (and ``answer_prefix``) with ``zero_shot_cot``."""
+    answer_marker: str = Field("So the answer is", min_length=1)
+    """Leads to the label word after the reasoning: in ``cot`` demonstrations, and where the
+    label is read from a generated output."""
 
     @field_validator("label_words", mode="before")
     @classmethod
@@ -184,6 +199,24 @@ class InstructTask(TaskOptions):
     def required_columns(self, data: DataConfig) -> dict[str, str]:
         return {**dict.fromkeys(template_fields(self.template), "task.template"),
                 data.label_column: "data.label_column"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _room_to_reason(cls, data):
+        # Filled in when not given, so a run's saved config.yaml holds the number it used.
+        if isinstance(data, dict) and data.get("reasoning", "none") != "none" and "max_new_tokens" not in data:
+            return {**data, "max_new_tokens": 128}
+        return data
+
+    @model_validator(mode="after")
+    def _demonstrations_fit_reasoning(self) -> "InstructTask":
+        if self.reasoning == "cot" and not self.shots:
+            raise ValueError("task.reasoning cot shows reasoning in demonstrations; set task.shots to at least 1 "
+                             "(or task.reasoning zero_shot_cot)")
+        if self.reasoning == "zero_shot_cot" and self.shots:
+            raise ValueError(f"task.reasoning zero_shot_cot takes no demonstrations, got task.shots {self.shots}; "
+                             "set task.shots 0, or task.reasoning cot for demonstrations with reasoning")
+        return self
 
 
 class LMTask(TaskOptions):

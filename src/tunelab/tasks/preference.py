@@ -218,11 +218,8 @@ def sample(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, seed
     out = []
     for start in range(0, len(prompts), 16):
         chunk = prompts[start:start + 16]
-        ids = causal.pad(chunk, tokenizer.pad_token_id, left=True).to(model.device)
-        mask = causal.pad([[1] * len(p) for p in chunk], 0, left=True).to(model.device)
-        new = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=True,
-                             temperature=1.0, top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)[:, ids.shape[1]:].tolist()
+        new = causal.continue_ids(model, tokenizer, chunk, max_new_tokens=max_new_tokens,
+                                  **causal.PURE_SAMPLING).tolist()
         eos = tokenizer.eos_token_id
         out += [row[:row.index(eos) + 1] if eos in row else row for row in new]
     return out
