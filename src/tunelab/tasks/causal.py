@@ -73,8 +73,10 @@ def render(template: str, example: dict[str, Any]) -> str:
     return FIELD.sub(lambda m: str(example[m.group(1)]) if m.group(1) in example else m.group(0), template)
 
 
-def encode_prompt(tokenizer, template: str, example: dict[str, Any], budget: int, preamble: str = "") -> list[int]:
-    """Token ids of ``preamble + template`` filled from ``example``, at most ``budget`` long.
+def encode_prompt(tokenizer, template: str, example: dict[str, Any], budget: int, preamble: str = "",
+                  suffix: str = "") -> list[int]:
+    """Token ids of ``preamble + template + suffix``, the template filled from ``example``, at
+    most ``budget`` long.
 
     When too long, the longest field is cut (its tokens shortened by the overflow and decoded
     back), so the instruction and the answer cue at the end of the template always survive.
@@ -82,7 +84,7 @@ def encode_prompt(tokenizer, template: str, example: dict[str, Any], budget: int
     example = {k: ("" if v is None else str(v)) for k, v in example.items()}
     fields = template_fields(template)
     for _ in range(4):
-        ids = tokenizer(preamble + render(template, example))["input_ids"]
+        ids = tokenizer(preamble + render(template, example) + suffix)["input_ids"]
         overflow = len(ids) - budget
         if overflow <= 0:
             return ids
@@ -91,7 +93,7 @@ def encode_prompt(tokenizer, template: str, example: dict[str, Any], budget: int
         if not field_ids:
             break
         example[longest] = tokenizer.decode(field_ids[:max(len(field_ids) - overflow - 2, 0)])
-    ids = tokenizer(preamble + render(template, example))["input_ids"]
+    ids = tokenizer(preamble + render(template, example) + suffix)["input_ids"]
     if len(ids) > budget:
         raise UserError(f"the prompt without its data fields is {len(ids)} tokens, more than the {budget} allowed; "
                         "raise task.max_length or shorten task.template (or use fewer task.shots)")
@@ -201,23 +203,38 @@ def tokens_per_process(count: torch.Tensor) -> torch.Tensor:
 # Generation
 
 
+PURE_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+"""Sampling from the model's whole distribution (temperature 1, nothing truncated), as DPO's
+samples and preference pairs are drawn."""
+
+
+def continue_ids(model: nn.Module, tokenizer, prompts: list[list[int]], **generation) -> torch.Tensor:
+    """The new token ids after each prompt from Hugging Face ``generate``, (B x
+    num_return_sequences, T_new): the prompts batched with left padding, so every row ends where
+    generation starts, with the tokenizer's pad and end-of-sequence tokens. ``generation``: any
+    ``generate`` argument (``max_new_tokens``, ``generation_config``, ``PURE_SAMPLING``...).
+    tunelab's one call of ``generate``; evaluation decodes with :mod:`tunelab.tasks.decoding`."""
+    device = next(model.parameters()).device
+    input_ids = pad(prompts, tokenizer.pad_token_id, left=True).to(device)  # (B, T)
+    attention_mask = pad([[1] * len(p) for p in prompts], 0, left=True).to(device)  # (B, T)
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **generation)
+    return out[:, input_ids.shape[1]:]
+
+
 @torch.inference_mode()
 def generate(model: nn.Module, tokenizer, prompts: list[list[int]], max_new_tokens: int, **sampling) -> list[str]:
-    """Continue each prompt with Hugging Face ``generate``; batched with left padding (so every
-    prompt ends where generation starts) and the KV cache. Greedy unless ``do_sample=True`` is
-    passed. Returns the new text. (Evaluation's greedy answers: :mod:`tunelab.tasks.decoding`.)"""
-    device = next(model.parameters()).device
-    input_ids = pad(prompts, tokenizer.pad_token_id, left=True).to(device)
-    attention_mask = pad([[1] * len(p) for p in prompts], 0, left=True).to(device)
+    """Continue each prompt (:func:`continue_ids`, so batched with left padding and the KV
+    cache); greedy unless ``do_sample=True`` is passed. Returns the new text. (Evaluation's
+    greedy answers: :mod:`tunelab.tasks.decoding`.)"""
     was_training = model.training
     model.eval()
     sampling.setdefault("do_sample", False)
     if not sampling["do_sample"]:  # silence the model's default sampling settings under greedy
         sampling.update(temperature=None, top_p=None, top_k=None)
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling)
+    new = continue_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, **sampling)
     model.train(was_training)
-    return tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+    return tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
 def batched(items: list, size: int) -> Iterable[list]:
