@@ -95,6 +95,24 @@ class DataConfig(Strict):
         return value
 
 
+class FSDPConfig(Strict):
+    """Fully sharded data parallelism over several processes (FSDP2 through Accelerate,
+    tunelab.sharding): each process keeps 1/N of the weights, gradients and AdamW state, and
+    gathers one transformer layer whole while it computes. For a model whose training state does
+    not fit one device."""
+
+    strategy: Literal["none", "full_shard", "shard_grad_op"] = "none"
+    """none: every process keeps the whole model (DDP). full_shard (ZeRO-3): a layer's gathered
+    weights are freed after its forward and gathered again for its backward. shard_grad_op:
+    kept from forward to backward (more memory, one gather less per layer and step)."""
+    layer_classes: list[str] | None = None
+    """Class names of the modules that each form one unit of gathering (e.g. LlamaDecoderLayer);
+    None: the class of the model's transformer layers."""
+    cpu_offload: bool = False
+    """Keep the shards (weights, gradients, AdamW state) in CPU memory and move each layer to the
+    GPU for its use; the optimizer steps on the CPU. Slower; for what does not fit even sharded."""
+
+
 class TrainConfig(Strict):
     epochs: int = Field(2, ge=1)
     max_steps: int | None = Field(None, ge=1)
@@ -132,6 +150,8 @@ class TrainConfig(Strict):
     """Keep only each transformer layer's inputs from the forward pass and recompute the rest in
     backward (transformers' non-reentrant activation checkpointing): less activation memory for
     about one more forward pass of compute (tunelab.checkpointing)."""
+    fsdp: FSDPConfig = FSDPConfig()
+    """Shard the model over the processes instead of copying it to each (several processes only)."""
 
 
 class EvalConfig(Strict):

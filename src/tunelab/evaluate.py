@@ -116,7 +116,7 @@ def evaluate_run(run_dir: Path, split: str | None = "test", data: dict[str, Any]
     cfg, prepared = rebuild_run(run_dir, data, whole_data=split == "all")
     # All of the data is evaluated as a test split is (instruct generates there).
     task_split = "test" if split == "all" else split
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, shard=False)  # a sharded run's checkpoint is whole
     loader = DataLoader(prepared.splits[task_split], batch_size=cfg.eval.batch_size, collate_fn=prepared.collate)
     model, loader = accelerator.prepare(prepared.model, loader)
     with accelerator.autocast():  # the run's train.precision, as its own evaluations ran

@@ -97,9 +97,11 @@ def bf16_supported(torch) -> bool:
         return torch.cuda.is_bf16_supported()
 
 
-def make_accelerator(cfg):
+def make_accelerator(cfg, shard: bool = True):
     """Accelerate's view of the processes: one, or every rank that torchrun or ``accelerate
-    launch`` started (NCCL on GPUs, gloo on CPUs).
+    launch`` started (NCCL on GPUs, gloo on CPUs). ``shard``: the model is sharded over them
+    where ``train.fsdp`` asks (tunelab.sharding); False: each process holds it whole (evaluating
+    a saved run).
 
     Each global batch is the one a single process would draw with batch_size x processes
     examples, cut into one slice per process (``split_batches``), so N processes see the same
@@ -109,6 +111,8 @@ def make_accelerator(cfg):
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
+
+    from tunelab import sharding
 
     # Accelerate picks gloo only when told to use the CPU: started by torchrun on a machine
     # without a GPU, every rank would otherwise train alone on all the data.
@@ -125,11 +129,15 @@ def make_accelerator(cfg):
     # starts that state anew, keeping the processes' own (PartialState).
     if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
         AcceleratorState._reset_state()
+    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    plugin = sharding.fsdp_plugin(cfg, expected, cpu or not torch.cuda.is_available()) if shard else None
+    if plugin is None:  # the config decides, whatever `accelerate launch --use_fsdp` was told
+        os.environ.pop("ACCELERATE_USE_FSDP", None)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, cpu=cpu, dataloader_config=loader_cfg,
-                              kwargs_handlers=[unused], mixed_precision=mixed)
+                              kwargs_handlers=[unused], mixed_precision=mixed, fsdp_plugin=plugin)
+    sharding.shard_on_cpu(accelerator, plugin)
     if cfg.train.precision == "bf16" and accelerator.device.type == "cpu" and accelerator.is_main_process:
         print(f"warning: {CPU_BF16}", file=sys.stderr)
-    expected = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != expected:
         raise UserError(f"started as one of {expected} processes, but the run sees {accelerator.num_processes}; "
                         f"on a CPU-only machine use torchrun (see the README, 'Several processes')")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from tunelab import forgetting, inference, methods, profile, runs, tasks, tracking
+from tunelab import forgetting, inference, methods, profile, runs, sharding, tasks, tracking
 from tunelab.batching import make_loaders
 from tunelab.config import RunConfig
 from tunelab.errors import UserError
@@ -118,15 +117,6 @@ class Loop:
         return self.accelerator.is_main_process
 
 
-def peak_memory(accelerator: Accelerator) -> dict[str, Any]:
-    if accelerator.device.type == "cuda":
-        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(accelerator.device),
-                "peak_memory_kind": "cuda_max_allocated"}
-    # ru_maxrss is in kilobytes on Linux: the process's peak resident set size.
-    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_memory_kind": "cpu_peak_rss"}
-
-
 def setup(cfg: RunConfig, prepared: Prepared, run_dir: Path, accelerator: Accelerator) -> Loop:
     """Loaders, optimizer and schedule, all handed to Accelerate."""
     tc = cfg.train
@@ -137,7 +127,10 @@ def setup(cfg: RunConfig, prepared: Prepared, run_dir: Path, accelerator: Accele
     optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     loaders = make_loaders(cfg, prepared, accelerator.num_processes)
     test_order = list(loaders[2].batch_sampler.order)
+    sharding.before_prepare(accelerator, prepared.model)  # train.fsdp: its units, before the model is sharded
     model, optimizer, *loaders = accelerator.prepare(prepared.model, optimizer, *loaders)
+    sharding.after_prepare(accelerator, model)
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP puts sharded parameters in their place
     steps_per_epoch = math.ceil(len(loaders[0]) / tc.grad_accum)
     total_steps = min(tc.max_steps or math.inf, tc.epochs * steps_per_epoch) if params else 0
     # Not passed to accelerator.prepare: we step it once per optimizer step ourselves.
@@ -323,16 +316,18 @@ def validate(loop: Loop, state: TrainState) -> bool:
     if improved:
         state.best, state.best_step, state.best_epoch, state.best_validation = score, state.step, epoch, metrics
         state.bad_evals = 0
+        best = sharding.whole(inference_state(unwrapped), loop.main)  # every process: a sharded run gathers
         if loop.main:
-            runs.save_checkpoint(loop.run_dir, inference_state(unwrapped),
+            runs.save_checkpoint(loop.run_dir, best,
                                  {"method": loop.cfg.method.name, "step": state.step, "validation": metrics})
     else:
         state.bad_evals += 1
     state.last_eval_step = state.step
     process_rngs = gather_object([torch.get_rng_state()]) if loop.accelerator.num_processes > 1 else None
+    tensors = sharding.whole(trainable_state(unwrapped), loop.main)
+    optimizer_state = sharding.whole_optimizer_state(loop.optimizer, loop.main)
     if loop.main:
-        runs.save_state(loop.run_dir, trainable_state(unwrapped), loop.optimizer, loop.scheduler, asdict(state),
-                        process_rngs)
+        runs.save_state(loop.run_dir, tensors, optimizer_state, loop.scheduler, asdict(state), process_rngs)
     loop.accelerator.wait_for_everyone()
     if agreed(loop, loop.sinks.should_stop):
         state.pruned = True
@@ -359,9 +354,12 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         predictions = test.pop("predictions", None)
         after = task.after_training(loop.model, loop.accelerator, prepared)
     unwrapped = loop.accelerator.unwrap_model(loop.model)  # measured on the main process alone: no collectives
+    # A sharded model runs only with every process: its forgetting is measured by all, its
+    # inference cost (timing gathers, not serving) by none.
+    sharded = sharding.is_sharded(loop.accelerator)
     timed = inference.measure(unwrapped, prepared, cfg.eval.inference_examples,
-                              cfg.eval.batch_size) if cfg.eval.test and loop.main else None
-    general = forgetting.result(unwrapped, prepared, state.general_before) if loop.main else None
+                              cfg.eval.batch_size) if cfg.eval.test and loop.main and not sharded else None
+    general = forgetting.result(unwrapped, prepared, state.general_before) if loop.main or sharded else None
     before = state.before or {}
     summary = Summary(
         method=cfg.method.name, model=cfg.model.name, data=cfg.data.name, task=cfg.task.name,
@@ -379,7 +377,7 @@ def finish(loop: Loop, state: TrainState, started: float) -> Summary:
         pruned=state.pruned, task_results=after.get("results") or {}, checksums=runs.checksums(run_dir),
         dropped_examples=prepared.dropped,
         train_examples=len(prepared.splits["train"]), test_examples=len(prepared.splits["test"]),
-        label_names=prepared.label_names, **peak_memory(loop.accelerator), memory=state.memory,
+        label_names=prepared.label_names, **profile.peak_memory(loop.accelerator.device), memory=state.memory,
         device=str(loop.accelerator.device), num_processes=loop.accelerator.num_processes,
         versions=runs.versions(), git_hash=runs.git_hash(), run_dir=run_dir)
     if loop.main:

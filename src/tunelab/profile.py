@@ -30,6 +30,10 @@ ADAMW_MOMENTS = 2
 
 
 def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(tensor, DTensor):  # a sharded parameter (train.fsdp): this process's slice is its storage
+        tensor = tensor.to_local()
     storage = tensor.untyped_storage()
     return str(tensor.device), storage.data_ptr()
 
@@ -41,6 +45,17 @@ def weight_bytes(model: nn.Module) -> int:
 
 def trainable_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """The run's peak memory: the CUDA allocator's on a GPU, else the process's peak resident set."""
+    if device.type == "cuda":
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda_max_allocated"}
+    import resource
+
+    # ru_maxrss is in kilobytes on Linux: the process's peak resident set size.
+    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_memory_kind": "cpu_peak_rss"}
 
 
 def measure_step(model: nn.Module, batch: dict[str, torch.Tensor],

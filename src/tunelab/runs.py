@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from tunelab.errors import UserError
 from tunelab.files import append_line, atomic_write_bytes, atomic_write_text, write_json  # noqa: F401 - used here and by callers of runs
+from tunelab.sharding import local_optimizer_state
 
 CHECKPOINT = "checkpoint"
 STATE = "state"
@@ -163,15 +164,17 @@ def checkpoint_bytes(run_dir: Path) -> int:
     return (run_dir / CHECKPOINT / "model.safetensors").stat().st_size
 
 
-def save_state(run_dir: Path, tensors: dict[str, torch.Tensor], optimizer, scheduler, progress: dict[str, Any],
-               process_rngs: list[torch.Tensor] | None = None) -> None:
+def save_state(run_dir: Path, tensors: dict[str, torch.Tensor], optimizer_state: dict[str, Any], scheduler,
+               progress: dict[str, Any], process_rngs: list[torch.Tensor] | None = None) -> None:
     """A complete snapshot to resume from. Written to state.tmp/, then swapped in whole.
+    ``optimizer_state``: the optimizer's ``state_dict()``, whole (tunelab.sharding gathers a
+    sharded one).
     ``process_rngs``: every process's torch generator state (by process index), so that each
     process of a multi-process run draws its own dropout masks again after a resume."""
     with folder_aside(run_dir / (STATE + ".tmp")) as tmp:
         save_tensors(tmp / "model.safetensors", tensors)
         with written_aside(tmp / "optim.pt"):
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+            torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
         rng = {"torch": torch.get_rng_state()}
         rng.update({f"process{i}": state for i, state in enumerate(process_rngs or [])})
         if torch.cuda.is_available():
@@ -220,7 +223,7 @@ def load_state(run_dir: Path, optimizer, scheduler, process: int = 0) -> tuple[d
     folder = snapshot(run_dir)
     tensors = load_tensors(folder / "model.safetensors")
     optim = torch.load(folder / "optim.pt", weights_only=True)
-    optimizer.load_state_dict(optim["optimizer"])
+    optimizer.load_state_dict(local_optimizer_state(optimizer, optim["optimizer"]))  # a sharded one takes its slices
     scheduler.load_state_dict(optim["scheduler"])
     rng = load_file(str(folder / "rng.safetensors"))
     torch.set_rng_state(rng.get(f"process{process}", rng["torch"]))

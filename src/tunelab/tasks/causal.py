@@ -23,6 +23,7 @@ from tunelab.methods import apply_method
 from tunelab.methods.common import count_parameters
 from tunelab.models.families import transformer_body, unwrapped
 from tunelab.models.loading import load_causal_lm
+from tunelab.sharding import output_head, sharded_module
 from tunelab.tasks import batch_counts
 
 IGNORE = -100  # label of positions that are not predicted (prompt, padding, virtual tokens)
@@ -146,7 +147,7 @@ def token_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
     targets = labels[:, 1:]  # (B, T-1)
     mask = targets != IGNORE
     picked = hidden[:, :-1][mask]  # (N, H): only the positions that predict a label
-    logits = unwrapped(model).get_output_embeddings()(picked).float()  # (N, V)
+    logits = output_head(model)(picked).float()  # (N, V)
     nll = F.cross_entropy(logits, targets[mask], reduction="none")  # (N,)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(mask)[mask]
     per_example = torch.zeros(input_ids.shape[0], device=nll.device, dtype=nll.dtype).index_add_(0, rows, nll)
@@ -158,7 +159,7 @@ def next_token_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mas
     hidden = last_hidden(model, input_ids, attention_mask)  # (B, T, H)
     last = attention_mask.sum(1) - 1  # (B,)
     picked = hidden[torch.arange(input_ids.shape[0], device=input_ids.device), last]  # (B, H)
-    return unwrapped(model).get_output_embeddings()(picked).float().log_softmax(-1)
+    return output_head(model)(picked).float().log_softmax(-1)
 
 
 def last_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -168,7 +169,7 @@ def last_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
     called whole, or its gradients are not averaged across processes: it then runs with the
     logits of one position only, and a hook on the body keeps the body's output (after the
     method's own hooks, e.g. prompt tuning dropping its virtual positions)."""
-    if unwrapped(model) is model:
+    if unwrapped(model) is model and not sharded_module(model):  # a sharded model gathers its weights as a whole
         return transformer_body(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     kept = {}
     hook = transformer_body(model).register_forward_hook(lambda _, __, out: kept.update(hidden=out.last_hidden_state))

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from tunelab.models.families import cache_argument, transformer_body, unwrapped
+from tunelab.models.families import cache_argument, transformer_body
+from tunelab.sharding import all_processes_done, output_head, sharded_module
 
 MIN_SHARED = 4
 """Shorter shared beginnings are not worth a pass of their own."""
@@ -53,9 +54,11 @@ def greedy(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, pad_
     """Greedy continuations (new token ids per prompt, cut after an end-of-sequence token) and
     the (B, V) log-probabilities of the token after each prompt. ``max_new_tokens=0`` only scores."""
     device = next(model.parameters()).device
-    body, head = transformer_body(model), unwrapped(model).get_output_embeddings()
+    body, head = transformer_body(model), output_head(model)
     cache, argument = DynamicCache(), cache_argument(body)
-    shared = shared_prefix_length(prompts) if share_prefix else 0
+    # A sharded model's forwards are collective: every process must make as many (no pass of a
+    # prefix only some processes' prompts share, no stop before every process is done).
+    shared = shared_prefix_length(prompts) if share_prefix and not sharded_module(model) else 0
     if shared:
         body(input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True, **{argument: cache})
         cache.batch_repeat_interleave(len(prompts))
@@ -74,7 +77,7 @@ def greedy(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, pad_
         token = logits.argmax(-1).masked_fill(done, pad_id)  # (B,)
         new.append(token)
         done |= token == eos_id
-        if done.all() or step == max_new_tokens - 1:
+        if all_processes_done(bool(done.all()), model) or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
         positions = positions[:, -1:] + 1
