@@ -275,7 +275,7 @@ def test_a_run_without_recorded_checksums_still_refuses_a_broken_file(finished_r
 
 
 def test_a_damaged_snapshot_falls_back_to_the_one_before(tiny_run_config, tmp_path, monkeypatch, capsys):
-    from tunelab import train as train_module
+    from tunelab import loop as train_module
 
     cfg = {**tiny_run_config, "train": {**tiny_run_config["train"], "eval_every_steps": 2}}
     run_dir = Path(cfg["output"]["dir"])

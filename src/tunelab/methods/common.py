@@ -6,7 +6,9 @@ does not train. Everything else is generic and lives here:
 - the tensors to save are exactly the parameters with ``requires_grad`` (found by flag, not
   by name), so a checkpoint holds only what training changed;
 - modules a method adds subclass :class:`AdapterModule`, which gives ``disable_adapters``
-  one switch for all of them (the frozen base is then DPO's reference model for free);
+  one switch for all of them (the frozen base is then DPO's reference model for free), and
+  carries what others ask of it without knowing its class (``merge``, ``take_out`` for export,
+  ``before_loading``, ``memory_site`` for the memory planner);
 - the task head (a classifier, or ``lm_head`` for causal LMs) always trains.
 """
 
@@ -14,12 +16,16 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import nn
 
 from tunelab.errors import UserError
+from tunelab.sharding import local_part
+
+if TYPE_CHECKING:
+    from tunelab.methods.memory_sites import MemorySite
 
 
 class AdapterModule(nn.Module):
@@ -36,6 +42,11 @@ class AdapterModule(nn.Module):
     def before_loading(self, state: dict[str, torch.Tensor], prefix: str) -> None:
         """Take the form the checkpoint ``state`` was saved in (its keys of this module start
         with ``prefix``) before the saved tensors are put back."""
+
+    def memory_site(self) -> MemorySite | None:
+        """What this module adds to a training step's memory besides its parameters, for the
+        memory planner (:mod:`tunelab.methods.memory_sites`); None: nothing it must know of."""
+        return None
 
     def take_out(self, model: nn.Module, name: str) -> None:
         """Leave ``model`` (where this module is called ``name``) as the architecture was before
@@ -175,7 +186,7 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in state.items():
-            params[name].copy_(tensor)
+            params[name].copy_(local_part(tensor, params[name]))  # a sharded parameter takes its slice
 
 
 def adapters(model: nn.Module) -> list[AdapterModule]:
