@@ -103,7 +103,7 @@ def test_named_variants_and_registered_methods_without_an_entry(tmp_path, tiny_b
     ({"lora": {}}, ["--seeds", "0"], "--seeds must be between 1 and 100"),
     ({"lora": {}}, ["--train.nope", "1"], "unknown config key 'train.nope'"),
     ({"lora": {}}, ["--method.r", "4"],
-     "unknown config key 'method'; allowed keys here: data, eval, launcher, methods"),
+     "unknown config key 'method'; allowed keys here: data, eval, eval_sets, launcher, methods"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_bert_dir, sentiment_csv, capsys, methods, args,
                                                   message):
@@ -199,7 +199,8 @@ def test_sigkilled_comparison_resumes_to_the_uninterrupted_results(tmp_path, tin
     reference = tmp_path / "reference"
     assert cli.main(["train", "--config", str(out / "configs" / "lora.yaml"), "--output.dir", str(reference)]) == 0
     resumed, straight = (json.loads((d / "summary.json").read_text()) for d in (out / "lora", reference))
-    timing = {"train_time_s", "wall_time_s", "tokens_per_second", "peak_memory_bytes", "versions", "git_hash"}
+    timing = {"train_time_s", "wall_time_s", "tokens_per_second", "train_steps_s", "inference", "peak_memory_bytes",
+              "versions", "git_hash"}
     assert {"test", "validation", "trainable_params", "best_step", "steps", "memory",
             "checkpoint_bytes"} <= set(straight)
     assert {"accuracy", "loss"} <= straight["test"].keys() and {"accuracy", "loss"} <= straight["validation"].keys()
