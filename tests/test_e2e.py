@@ -75,7 +75,8 @@ def test_smollm2_perplexity_on_wiki_slice_is_that_of_a_real_language_model(tmp_p
                    "--method.name", "none", "--task.eval_before", "false", "--task.block_size", "128",
                    "--task.stride", "64",
                    "--task.sample_prompts", "[The history of]", "--task.sample_max_new_tokens", "5",
-                   "--data.max_train_examples", "1", "--data.max_eval_examples", "1", "--output.dir", str(run_dir)])
+                   "--data.max_train_examples", "1", "--data.max_eval_examples", "1", "--output.dir", str(run_dir),
+                   "--eval.inference_examples", "0"])  # timed in tests/test_inference.py
     assert rc == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     # SmolLM2-135M on Wikipedia prose: far below a uniform guess over 49,152 tokens, far above 1
@@ -88,7 +89,8 @@ def test_smollm2_perplexity_on_wiki_slice_is_that_of_a_real_language_model(tmp_p
 def test_smollm2_zero_shot_instruct_answers_with_label_words(tmp_path):
     run_dir = tmp_path / "zero-shot"
     rc = cli.main(["train", "--config", str(CONFIGS / "smollm2-135m" / "rt-instruct-zero-shot.yaml"),
-                   "--data.max_eval_examples", "24", "--output.dir", str(run_dir)])
+                   "--data.max_eval_examples", "24", "--output.dir", str(run_dir),
+                   "--eval.inference_examples", "0", "--eval.general_tokens", "512"])
     assert rc == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["trainable_params"] == 0

@@ -172,3 +172,18 @@ def test_virtual_tokens_beyond_the_context_are_refused(tiny_run_config, tmp_path
     err = capsys.readouterr().err
     assert "exceeds the model's 64 positions" in err and "at most 44" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("warmup,total", [(0, 10), (3, 10), (10, 10), (2, 1), (0, 0)])
+def test_the_schedule_is_transformers_linear_warmup_step_for_step(warmup, total):
+    from transformers import get_linear_schedule_with_warmup
+
+    from tunelab.schedule import linear_with_warmup
+
+    ours, theirs = (torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1) for _ in range(2))
+    ours_schedule, theirs_schedule = linear_with_warmup(ours, warmup, total), \
+        get_linear_schedule_with_warmup(theirs, warmup, total)
+    for _ in range(total + 3):
+        assert ours_schedule.get_last_lr() == theirs_schedule.get_last_lr()
+        ours.step(), theirs.step()
+        ours_schedule.step(), theirs_schedule.step()

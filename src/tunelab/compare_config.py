@@ -82,7 +82,8 @@ class CompareConfig(Strict):
     """Tune every method with the same budget on validation before its final runs (``--tune``).
     None: each method runs at the learning rate its entry gives."""
     eval_sets: list[str] = []
-    """Other data every final run is also evaluated on, all of its rows (an embedded name or a
+    """Other data every final run is also evaluated on, all of its rows unless ``data`` caps the
+    test split (``max_test_examples``, else ``max_eval_examples``: the same cap; an embedded name or a
     file, as ``tunelab eval --data.name`` takes it; labels mapped onto the run's by name): the
     report shows each set's numbers, intervals and paired tests, and whether the ranking holds."""
     launcher: str | None = None

@@ -49,9 +49,11 @@ RUN_SECTIONS = ("model", "data", "task", "method", "train", "eval")
 
 QUICK = {"data": {"max_train_examples": 96, "max_eval_examples": 96, "max_validation_examples": 96,
                   "max_test_examples": 96},
-         "train": {"epochs": 1, "max_steps": 6, "batch_size": 16, "eval_every_steps": 3}}
+         "train": {"epochs": 1, "max_steps": 6, "batch_size": 16, "eval_every_steps": 3},
+         "eval": {"inference_examples": 16}}
 """`--quick`: a smoke test of every method, a few steps each (the numbers mean little); inputs
-are also cut to QUICK_LENGTH tokens (`task.max_length`, or `task.block_size` for lm)."""
+are also cut to QUICK_LENGTH tokens (`task.max_length`, or `task.block_size` for lm), and the
+inference cost is timed on 16 test inputs."""
 QUICK_LENGTH = 64
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")

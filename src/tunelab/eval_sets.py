@@ -1,7 +1,7 @@
 """A comparison's out-of-domain sets (``eval_sets``): every final run's best checkpoint evaluated
-on other data, all of its rows, by ``tunelab eval --save`` in a process of its own (the
-comparison's process stays free of torch); the report reads the saved results
-(tunelab.report.eval_sets)."""
+on other data, all of its rows (or as many as the comparison tests in domain), by ``tunelab
+eval --save`` in a process of its own (the comparison's process stays free of torch); the
+report reads the saved results (tunelab.report.eval_sets)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ def set_folder(name: str) -> str:
     return Path(name).stem if Path(name).suffix else Path(name).name
 
 
+def test_cap(data) -> list[str]:
+    """The comparison's cap on its test split (``data.max_test_examples``, else
+    ``max_eval_examples``; ``--quick`` sets one), as the ``tunelab eval`` override that puts
+    it on an out-of-domain set too; none when the comparison tests every row."""
+    cap = data.max_test_examples or data.max_eval_examples
+    return ["--data.max_test_examples", str(cap)] if cap else []
+
+
 def evaluate(plan) -> None:
     """Each finished final run's checkpoint on each of the comparison's ``eval_sets`` (one
     ``tunelab eval --save`` process each, skipped where already saved); a failure is told and
@@ -32,7 +40,8 @@ def evaluate(plan) -> None:
             if done or not (run.run_dir / "summary.json").is_file():
                 continue
             log = plan.directory / "logs" / f"{run.run_dir.name}-eval-{folder}.log"
-            command = [*tunelab_command(None), "eval", str(run.run_dir), "--data.name", data, "--save", folder]
+            command = [*tunelab_command(None), "eval", str(run.run_dir), "--data.name", data, "--save", folder,
+                       *test_cap(plan.config.data)]
             if compare.run_child(command, log) != 0:
                 print(f"{run.run_dir.name} on {data}: evaluation failed: {compare.last_error_line(log)}",
                       file=sys.stderr)

@@ -27,7 +27,6 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from tunelab import forgetting, inference, methods, profile, runs, sharding, tasks, tracking
 from tunelab.batching import make_loaders
@@ -35,6 +34,7 @@ from tunelab.config import RunConfig
 from tunelab.errors import UserError
 from tunelab.launch import make_accelerator
 from tunelab.methods.common import inference_state, load_trainable_state, trainable_state
+from tunelab.schedule import linear_with_warmup
 from tunelab.summary import Summary
 from tunelab.tasks import Prepared
 from tunelab.tasks.metrics import declarations
@@ -134,7 +134,7 @@ def setup(cfg: RunConfig, prepared: Prepared, run_dir: Path, accelerator: Accele
     steps_per_epoch = math.ceil(len(loaders[0]) / tc.grad_accum)
     total_steps = min(tc.max_steps or math.inf, tc.epochs * steps_per_epoch) if params else 0
     # Not passed to accelerator.prepare: we step it once per optimizer step ourselves.
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(tc.warmup_ratio * total_steps), total_steps)
+    scheduler = linear_with_warmup(optimizer, round(tc.warmup_ratio * total_steps), total_steps)
     select_metric, higher_is_better = tasks.select_metric(cfg)
     from tunelab.sweeps.pruning import pruner_from_env  # imports optuna only inside a sweep's trial
 

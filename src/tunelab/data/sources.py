@@ -20,7 +20,7 @@ import numpy as np
 
 from tunelab import catalog
 from tunelab.config import DataConfig
-from tunelab.data import aclsum, rows
+from tunelab.data import aclsum, gsm8k, rows
 from tunelab.errors import UserError
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ def read_movie_reviews(path: Path) -> datasets.DatasetDict:
 
 
 EMBEDDED_READERS = {"rt-snippets": read_rt_snippets, "wiki-slice": read_wiki_slice, "movie-reviews": read_movie_reviews,
-                    "aclsum": aclsum.read_aclsum, "aclsum-yesno": aclsum.read_aclsum_yesno}
+                    "aclsum": aclsum.read_aclsum, "aclsum-yesno": aclsum.read_aclsum_yesno, "gsm8k": gsm8k.read_gsm8k}
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,8 +300,9 @@ def _capped(splits: datasets.DatasetDict, cfg: DataConfig) -> datasets.DatasetDi
 
 
 def _whole(raw: datasets.DatasetDict, cfg: DataConfig) -> datasets.DatasetDict:
-    """Every row of every split, once, under each split name (a task prepares all three);
-    capped by ``data.max_test_examples`` or ``max_eval_examples``."""
+    """Every row of every split, once, as the test split (capped by ``data.max_test_examples``
+    or ``max_eval_examples``); train and validation hold its first row only, enough for a task
+    to prepare all three without tokenizing (or, head-only, encoding) the data three times."""
     try:
         every = datasets.concatenate_datasets(list(raw.values())) if len(raw) > 1 else next(iter(raw.values()))
     except ValueError as exc:  # the split files disagree on columns or types
@@ -309,4 +310,5 @@ def _whole(raw: datasets.DatasetDict, cfg: DataConfig) -> datasets.DatasetDict:
     limit = cfg.max_test_examples or cfg.max_eval_examples
     if limit:
         every = every.select(range(min(limit, len(every))))
-    return datasets.DatasetDict({name: every for name in SPLIT_NAMES})
+    first = every.select(range(min(1, len(every))))
+    return datasets.DatasetDict({name: every if name == "test" else first for name in SPLIT_NAMES})

@@ -40,6 +40,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("distilbert", ("distilbert",), causal=False,
            query_key_value=("q_lin", "k_lin", "v_lin"), fused_qkv=None,
            attention_output=r"attention\.out_lin$", feed_forward_output=r"ffn\.lin2$"),
+    # MPNet's attention has no key/value cache argument: prefix tuning is refused on it.
+    Family("mpnet", ("mpnet",), causal=False,
+           query_key_value=("attn.q", "attn.k", "attn.v"), fused_qkv=None,
+           attention_output=r"attention\.attn\.o$", feed_forward_output=r"layer\.\d+\.output\.dense$"),
     Family("llama", ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "smollm3"), causal=True,
            query_key_value=("q_proj", "k_proj", "v_proj"), fused_qkv=None,
            attention_output=r"self_attn\.o_proj$", feed_forward_output=r"mlp\.down_proj$"),

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from tunelab.registry import Registry
 from tunelab.tasks import options as opts
+from tunelab.tasks.preference_options import PreferenceTask
 
 if TYPE_CHECKING:
     import datasets
@@ -88,7 +89,8 @@ class Task(Protocol):
 
 
 TASKS: Registry[opts.TaskOptions] = Registry(kind="task", package="tunelab.tasks", default="classification")
-for _options in (opts.ClassificationTask, opts.InstructTask, opts.LMTask, opts.SummarizationTask, opts.PreferenceTask):
+for _options in (opts.ClassificationTask, opts.InstructTask, opts.AnswerTask, opts.LMTask, opts.SummarizationTask,
+                 PreferenceTask):
     TASKS.register(_options)
 
 

@@ -134,34 +134,15 @@ class ClassificationTask(TaskOptions):
         return self
 
 
-class InstructTask(TaskOptions):
-    """Classification by a causal LM: a prompt rendered from a template, answered by a label word.
+class PromptedTask(TaskOptions):
+    """What every task that prompts a causal LM for a short answer shares: the template, the
+    demonstrations before it and how the model may reason before answering."""
 
-    Evaluation reports both ways side by side: ``generate`` (greedy decoding of a few tokens,
-    mapped to a label when the output starts with a label word, anything else wrong and counted
-    as invalid) and ``score`` (the label whose tokens are most likely after the prompt). With
-    ``reasoning``, the output reasons first and the label is read from all of it.
-    """
-
-    name: Literal["instruct"] = "instruct"
     causal: ClassVar[bool] = True
-    metrics: ClassVar[tuple[Metric, ...]] = (
-        ACCURACY, Metric("score_accuracy", kind="proportion", field="score_correct"),
-        Metric("generate_accuracy", kind="proportion", field="correct"),
-        Metric("invalid_rate", higher_is_better=False, kind="proportion", field="invalid"), TOKEN_LOSS)
-
-    def validation_metrics(self) -> list[str]:
-        generated = ["generate_accuracy", "invalid_rate"] if self.generate_on_validation else []
-        return ["loss", "score_accuracy", "accuracy", *generated]
-    template: str = "Review: {text}\nSentiment:"
+    template: str
     """Prompt with ``{field}`` placeholders naming data columns (e.g. ``{passage}``, ``{question}``)."""
-    label_words: list[str] | dict[str, str] | None = None
-    """The word that answers each label: a list in label order, or a mapping label -> word.
-    None: the label names themselves (e.g. negative / positive)."""
     answer_prefix: str = " "
-    """Put between the prompt and the label word (a space, so "Sentiment: positive")."""
-    loss_on: Literal["answer", "sequence"] = "answer"
-    """Train on the answer tokens only (the default), or on the whole sequence."""
+    """Put between the prompt and the answer (a space, so "Sentiment: positive")."""
     max_length: int = Field(256, ge=8, le=131072)
     """Prompt + answer are cut to this many tokens by truncating the longest template field."""
     shots: int = Field(0, ge=0, le=64)
@@ -171,21 +152,66 @@ class InstructTask(TaskOptions):
     max_new_tokens: int = Field(3, ge=1, le=1024)
     """Tokens generated per example for generate-accuracy; 128 by default with ``reasoning``."""
     generate_on_validation: bool = False
-    """Also generate on validation (slower); by default validation scores the labels only."""
+    """Also generate on validation (slower); by default validation scores the answers only."""
     reasoning: Literal["none", "cot", "zero_shot_cot"] = "none"
-    """``none``: the answer is the label word the output starts with. ``cot`` (chain of thought,
-    Wei et al. 2022): each of the ``shots`` demonstrations shows its ``rationale_column``, then
-    ``answer_marker`` and its label word. ``zero_shot_cot`` (Kojima et al. 2022): no
-    demonstrations, ``cot_trigger`` after the prompt. With reasoning the model writes before it
-    answers, and the label is read from the whole output (tunelab.tasks.reasoning); ``method:
-    none`` only."""
+    """``none``: the answer is what the output starts with. ``cot`` (chain of thought, Wei et al.
+    2022): each of the ``shots`` demonstrations shows its ``rationale_column``, then
+    ``answer_marker`` and its answer. ``zero_shot_cot`` (Kojima et al. 2022): no demonstrations,
+    ``cot_trigger`` after the prompt. With reasoning the model writes before it answers, and the
+    answer is read from the whole output (tunelab.tasks.reasoning); ``method: none`` only."""
     rationale_column: str = "rationale"
     """The train column of written reasoning that ``cot`` demonstrations show."""
     cot_trigger: str = "Let's think step by step."
     """Put after the prompt (and ``answer_prefix``) with ``zero_shot_cot``."""
     answer_marker: str = Field("So the answer is", min_length=1)
-    """Leads to the label word after the reasoning: in ``cot`` demonstrations, and where the
-    label is read from a generated output."""
+    """Leads to the answer after the reasoning: in ``cot`` demonstrations, and where the answer
+    is read from a generated output."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _room_to_reason(cls, data):
+        # Filled in when not given, so a run's saved config.yaml holds the number it used.
+        if isinstance(data, dict) and data.get("reasoning", "none") != "none" and "max_new_tokens" not in data:
+            return {**data, "max_new_tokens": 128}
+        return data
+
+    @model_validator(mode="after")
+    def _demonstrations_fit_reasoning(self) -> "PromptedTask":
+        if self.reasoning == "cot" and not self.shots:
+            raise ValueError("task.reasoning cot shows reasoning in demonstrations; set task.shots to at least 1 "
+                             "(or task.reasoning zero_shot_cot)")
+        if self.reasoning == "zero_shot_cot" and self.shots:
+            raise ValueError(f"task.reasoning zero_shot_cot takes no demonstrations, got task.shots {self.shots}; "
+                             "set task.shots 0, or task.reasoning cot for demonstrations with reasoning")
+        return self
+
+
+INVALID_RATE = Metric("invalid_rate", higher_is_better=False, kind="proportion", field="invalid")
+
+
+class InstructTask(PromptedTask):
+    """Classification by a causal LM: a prompt rendered from a template, answered by a label word.
+
+    Evaluation reports both ways side by side: ``generate`` (greedy decoding of a few tokens,
+    mapped to a label when the output starts with a label word, anything else wrong and counted
+    as invalid) and ``score`` (the label whose tokens are most likely after the prompt). With
+    ``reasoning``, the output reasons first and the label is read from all of it.
+    """
+
+    name: Literal["instruct"] = "instruct"
+    metrics: ClassVar[tuple[Metric, ...]] = (
+        ACCURACY, Metric("score_accuracy", kind="proportion", field="score_correct"),
+        Metric("generate_accuracy", kind="proportion", field="correct"), INVALID_RATE, TOKEN_LOSS)
+
+    def validation_metrics(self) -> list[str]:
+        generated = ["generate_accuracy", "invalid_rate"] if self.generate_on_validation else []
+        return ["loss", "score_accuracy", "accuracy", *generated]
+    template: str = "Review: {text}\nSentiment:"
+    label_words: list[str] | dict[str, str] | None = None
+    """The word that answers each label: a list in label order, or a mapping label -> word.
+    None: the label names themselves (e.g. negative / positive)."""
+    loss_on: Literal["answer", "sequence"] = "answer"
+    """Train on the answer tokens only (the default), or on the whole sequence."""
 
     @field_validator("label_words", mode="before")
     @classmethod
@@ -200,23 +226,31 @@ class InstructTask(TaskOptions):
         return {**dict.fromkeys(template_fields(self.template), "task.template"),
                 data.label_column: "data.label_column"}
 
-    @model_validator(mode="before")
-    @classmethod
-    def _room_to_reason(cls, data):
-        # Filled in when not given, so a run's saved config.yaml holds the number it used.
-        if isinstance(data, dict) and data.get("reasoning", "none") != "none" and "max_new_tokens" not in data:
-            return {**data, "max_new_tokens": 128}
-        return data
 
-    @model_validator(mode="after")
-    def _demonstrations_fit_reasoning(self) -> "InstructTask":
-        if self.reasoning == "cot" and not self.shots:
-            raise ValueError("task.reasoning cot shows reasoning in demonstrations; set task.shots to at least 1 "
-                             "(or task.reasoning zero_shot_cot)")
-        if self.reasoning == "zero_shot_cot" and self.shots:
-            raise ValueError(f"task.reasoning zero_shot_cot takes no demonstrations, got task.shots {self.shots}; "
-                             "set task.shots 0, or task.reasoning cot for demonstrations with reasoning")
-        return self
+class AnswerTask(PromptedTask):
+    """Questions with a short open answer (a number, a word) in a data column, answered by a
+    causal LM: right when the answer read from the greedy output equals the gold one (numbers
+    compared as numbers). Trains on the gold answer after the prompt like ``instruct``."""
+
+    name: Literal["answer"] = "answer"
+    select_metric: ClassVar[str] = "loss"
+    metrics: ClassVar[tuple[Metric, ...]] = (ACCURACY, INVALID_RATE, TOKEN_LOSS)
+    template: str = "Question: {question}\nAnswer:"
+    answer_column: str = "answer"
+    """The gold answer's column."""
+    answer_type: Literal["number", "text"] = "number"
+    """``number``: the first number of the answer (after ``answer_marker`` with reasoning, else
+    the output's start) equals the gold number; ``text``: the output's first line (or what
+    follows the marker, to the end of its sentence) equals the gold text, case and spaces aside."""
+    max_new_tokens: int = Field(16, ge=1, le=1024)
+    """Tokens generated per question; 128 by default with ``reasoning``."""
+
+    def validation_metrics(self) -> list[str]:
+        return ["loss", "accuracy", "invalid_rate"] if self.generate_on_validation else ["loss"]
+
+    def required_columns(self, data: DataConfig) -> dict[str, str]:
+        return {**dict.fromkeys(template_fields(self.template), "task.template"),
+                self.answer_column: "task.answer_column"}
 
 
 class LMTask(TaskOptions):
@@ -288,97 +322,3 @@ class SummarizationTask(TaskOptions):
     def required_columns(self, data: DataConfig) -> dict[str, str]:
         return {**dict.fromkeys(template_fields(self.template), "task.template"),
                 self.summary_column: "task.summary_column"}
-
-
-class DPOObjective(Strict):
-    """Direct Preference Optimization against a frozen reference (Rafailov et al. 2023), or its
-    IPO / hinge variants (tunelab.objectives.dpo)."""
-
-    name: Literal["dpo"] = "dpo"
-    beta: float = Field(0.1, gt=0)
-    """How far the policy may move from the reference: the implicit reward is beta x log-ratio."""
-    loss: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    """Probability that a preference label is flipped (conservative DPO); sigmoid loss only."""
-
-    @model_validator(mode="after")
-    def _smoothing_with_sigmoid(self):
-        if self.label_smoothing and self.loss != "sigmoid":
-            raise ValueError(f"label_smoothing applies to the sigmoid loss only, not {self.loss}; set it to 0")
-        return self
-
-
-class SFTObjective(Strict):
-    """Supervised fine-tuning on the chosen responses (the NLL of their tokens): the usual
-    baseline beside DPO. ``beta`` only scales the implicit rewards reported beside it."""
-
-    name: Literal["sft"] = "sft"
-    beta: float = Field(0.1, gt=0)
-
-
-class PreferenceTask(TaskOptions):
-    """Pairs of responses to one prompt, one preferred (``chosen``) over the other (``rejected``),
-    trained with DPO. Prompt and response are tokenized apart and joined, so the boundary never
-    merges tokens; log-probabilities are summed over the response tokens only."""
-
-    name: Literal["preference"] = "preference"
-    primary_metric: ClassVar[str] = "reward_accuracy"
-    select_metric: ClassVar[str] = "loss"
-    metrics: ClassVar[tuple[Metric, ...]] = (
-        Metric("reward_accuracy", kind="proportion", field="correct"), Metric("reward_margin", field="margin"),
-        Metric("chosen_reward", higher_is_better=None, field="chosen_reward"),
-        Metric("rejected_reward", higher_is_better=None, field="rejected_reward"),
-        Metric("chosen_logps", higher_is_better=None, field="chosen_logps"),
-        Metric("rejected_logps", higher_is_better=None, field="rejected_logps"), LOSS)
-    result_metrics: ClassVar[tuple[Metric, ...]] = (
-        Metric("generation_reward", field="generation.reward", in_results=True),
-        Metric("generation_kl", higher_is_better=False, field="generation.kl", in_results=True))
-    scatter: ClassVar[Scatter | None] = Scatter(
-        "generation_kl", "generation_reward", "reward_kl.png",
-        "Reward of sampled continuations against their KL to the reference (one point per run)",
-        "KL to the reference (mean sequence log-ratio of samples)", "mean reward of samples", "Reward against KL")
-    causal: ClassVar[bool] = True
-    prompt_column: str = "prompt"
-    chosen_column: str = "chosen"
-    rejected_column: str = "rejected"
-    max_prompt_length: int = Field(128, ge=1)
-    """Prompts are cut to their last this many tokens (from the left: the end leads into the response)."""
-    max_length: int = Field(256, ge=8, le=131072)
-    """Prompt + response tokens; a response is cut from the right to fit."""
-    objective: DPOObjective | SFTObjective = Field(DPOObjective(), discriminator="name")
-    precompute_reference: bool = False
-    """Compute the reference's log-probabilities of every pair once, before training (always so
-    for full and head, which change the base weights and cannot be switched off; no frozen copy
-    of the model is kept). Other methods switch their modules off; BitFit swaps in the pretrained
-    biases it keeps."""
-    dropout: bool = False
-    """Keep the model's dropout during training; off by default: with dropout on, the policy's
-    and the reference's log-ratios are noise even at step 0."""
-    reward_run: str | None = None
-    """A tunelab classification run (e.g. a sentiment classifier) that scores generations after
-    training: each test prompt's sampled continuation gets its probability of ``reward_label``."""
-    reward_label: str = "positive"
-    eval_generations: int = Field(64, ge=1)
-    """Test prompts whose sampled continuations are scored (with ``reward_run``), and whose KL
-    to the reference is estimated (the mean sequence log-ratio of the samples)."""
-    max_new_tokens: int = Field(32, ge=1, le=1024)
-    generation_seed: int = 0
-
-    @field_validator("objective", mode="before")
-    @classmethod
-    def _dpo_by_default(cls, value):
-        return {"name": "dpo", **value} if isinstance(value, dict) and "name" not in value else value
-
-    def validation_metrics(self) -> list[str]:
-        return ["loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward"]
-
-    def required_columns(self, data: DataConfig) -> dict[str, str]:
-        return {self.prompt_column: "task.prompt_column", self.chosen_column: "task.chosen_column",
-                self.rejected_column: "task.rejected_column"}
-
-    @model_validator(mode="after")
-    def _prompt_fits(self) -> "PreferenceTask":
-        if self.max_prompt_length >= self.max_length:
-            raise ValueError(f"max_prompt_length {self.max_prompt_length} leaves no room for a response in "
-                             f"max_length {self.max_length}; make it smaller than max_length")
-        return self
