@@ -75,15 +75,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     results = {}
     for model, spec in MODELS.items():
         models, inputs, collate = variants(model, args.examples)
         difference = same_outputs(models, inputs, collate)
         rounds = {name: [] for name in models}
+        causal = model.startswith("smollm2")
         for _ in range(args.rounds):
             for name, m in models.items():
-                rounds[name].append(measure_forward(m, inputs, collate, spec["batch"], causal=model.startswith("smollm2")))
+                rounds[name].append(measure_forward(m, inputs, collate, spec["batch"], causal=causal))
         results[model] = {"max_abs_difference": difference, "batch": spec["batch"], **{
             name: {key: statistics.median(r[key] for r in found) for key in ("batch1_ms", "batch_ms")}
             for name, found in rounds.items()}}
