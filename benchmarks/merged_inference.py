@@ -48,8 +48,10 @@ def build(model: str, method: dict, examples: int):
 
 def variants(model: str, examples: int) -> dict:
     spec = MODELS[model]
-    base, inputs, collate = build(model, {"name": spec["base_method"]}, examples)
-    lora, _, _ = build(model, {"name": "lora", "r": 8, "alpha": 16, "target_modules": spec["targets"]}, examples)
+    base, _, _ = build(model, {"name": spec["base_method"]}, examples)
+    # The LoRA run's test inputs are tokens (a head-only run's would be its cached features).
+    lora, inputs, collate = build(model, {"name": "lora", "r": 8, "alpha": 16, "target_modules": spec["targets"]},
+                                  examples)
     torch.manual_seed(0)
     with torch.no_grad():
         for module in adapters(lora):

@@ -73,7 +73,7 @@ def test_smollm2_perplexity_on_wiki_slice_is_that_of_a_real_language_model(tmp_p
     run_dir = tmp_path / "lm"
     rc = cli.main(["train", "--model.name", "smollm2-135m", "--data.name", "wiki-slice", "--task.name", "lm",
                    "--method.name", "none", "--task.eval_before", "false", "--task.block_size", "128",
-                   "--task.stride", "64",
+                   "--task.stride", "128",
                    "--task.sample_prompts", "[The history of]", "--task.sample_max_new_tokens", "5",
                    "--data.max_train_examples", "1", "--data.max_eval_examples", "1", "--output.dir", str(run_dir),
                    "--eval.inference_examples", "0"])  # timed in tests/test_inference.py

@@ -1,10 +1,10 @@
-"""Every method on the other encoder families users bring: DistilBERT and RoBERTa."""
+"""Every method on the other encoder families users bring: DistilBERT, RoBERTa and MPNet."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
+from transformers import DistilBertConfig, DistilBertModel, MPNetConfig, MPNetModel, RobertaConfig, RobertaModel
 
 from tunelab.errors import UserError
 from tunelab.methods import apply_method, common
@@ -34,6 +34,11 @@ def roberta():
                                       intermediate_size=FF, max_position_embeddings=80))
 
 
+def mpnet():
+    return MPNetModel(MPNetConfig(vocab_size=64, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=2,
+                                  intermediate_size=FF, max_position_embeddings=80))
+
+
 CLASSIFIER = H * 2 + 2
 # Closed forms of the method's own tensors on these two shapes (the classifier comes on top).
 EXPECTED = {
@@ -44,7 +49,7 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("build, expected_family", [(distilbert, "distilbert"), (roberta, "bert")])
+@pytest.mark.parametrize("build, expected_family", [(distilbert, "distilbert"), (roberta, "bert"), (mpnet, "mpnet")])
 @pytest.mark.parametrize("cfg", [FullMethod(), HeadMethod(), LoRAMethod(r=R), BitFitMethod(), AdapterMethod(size=M),
                                  IA3Method(), PromptMethod(init="random", num_virtual_tokens=N)], ids=lambda c: c.name)
 def test_method_runs_and_counts(build, expected_family, cfg):
@@ -69,11 +74,12 @@ def test_method_runs_and_counts(build, expected_family, cfg):
     assert after.shape == (2, 2)
 
 
-def test_prefix_on_distilbert_is_refused_in_one_line():
-    model = SequenceClassifier(distilbert(), 2)
+@pytest.mark.parametrize("build, family", [(distilbert, "distilbert"), (mpnet, "mpnet")])
+def test_prefix_on_an_encoder_without_a_cache_is_refused_in_one_line(build, family):
+    model = SequenceClassifier(build(), 2)
     with pytest.raises(UserError, match=r"prefix tuning needs a model whose forward takes a key/value cache "
                                         r"\(cache or past_key_values\)"):
-        apply_method(model, PrefixMethod(num_virtual_tokens=N), "distilbert")
+        apply_method(model, PrefixMethod(num_virtual_tokens=N), family)
 
 
 def test_prefix_on_roberta_counts():
