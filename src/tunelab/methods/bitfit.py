@@ -46,6 +46,10 @@ class PretrainedBiases(AdapterModule):
         """Nothing of its own: the biases that train are the model's, seen as any parameter."""
         return None
 
+    def switch_off_bytes(self) -> int:
+        """The kept pretrained biases: what switching BitFit off swaps back in."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
 
 def apply(model: nn.Module, cfg: BitFitMethod, family: Family | None, tokenizer=None) -> None:
     heads = task_head(model)

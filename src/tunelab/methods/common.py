@@ -48,6 +48,12 @@ class AdapterModule(nn.Module):
         memory planner (:mod:`tunelab.methods.memory_sites`); None: nothing it must know of."""
         return None
 
+    def switch_off_bytes(self) -> int:
+        """Memory this module keeps only so that switching it off gives the base model back
+        (a DPO reference taken from the switched-off model costs this, no copy of the model).
+        0 for a module that passes its input through when off."""
+        return 0
+
     def take_out(self, model: nn.Module, name: str) -> None:
         """Leave ``model`` (where this module is called ``name``) as the architecture was before
         the method: a wrapper gives back the layer it wraps (as it stands: merged or not); a

@@ -201,10 +201,8 @@ def reference_kind(prepared: Prepared) -> dict:
     """How the run got its reference, and the memory that took beside the policy. A frozen copy
     of the model is never made: a precomputed table costs two numbers a pair."""
     if REFERENCE not in prepared.splits["train"].column_names:
-        from tunelab.methods.bitfit import PretrainedBiases  # BitFit switches off to its kept pretrained biases
-
-        kept = [b for m in prepared.model.modules() if isinstance(m, PretrainedBiases) for b in m.buffers()]
-        return {"kind": "modules switched off", "extra_bytes": sum(b.numel() * b.element_size() for b in kept)}
+        return {"kind": "modules switched off",
+                "extra_bytes": sum(module.switch_off_bytes() for module in adapters(prepared.model))}
     pairs = sum(len(split) for split in prepared.splits.values())
     return {"kind": "precomputed before training", "extra_bytes": pairs * 2 * 8}
 
