@@ -126,15 +126,7 @@ def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
 
 def collator(pad_id: int):
     """Prompt + gold answer per example, with the bare prompts and the normalised gold answers."""
-
-    def collate(examples):
-        pairs = [causal.prompt_answer(e["prompt_ids"], e["answer_ids"]) for e in examples]
-        batch = causal.lm_batch([p for p, _ in pairs], [lab for _, lab in pairs], pad_id)
-        batch["prompt_ids"] = [list(e["prompt_ids"]) for e in examples]
-        batch["gold"] = [e["gold"] for e in examples]
-        return batch
-
-    return collate
+    return causal.continuation_collator(pad_id, "answer_ids", "gold")
 
 
 loss = causal.loss

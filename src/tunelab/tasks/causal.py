@@ -132,6 +132,21 @@ def prompt_answer(prompt: list[int], answer: list[int], loss_on: str = "answer")
     return list(prompt) + list(answer), labels
 
 
+def continuation_collator(pad_id: int, continuation: str, carried: str):
+    """Batches of prompt + ``continuation`` (a column of token ids: a summary, a gold answer) with
+    the loss on the continuation, the bare prompts (for generation) and the ``carried`` column of
+    each example as a list (the reference text the generations are scored against)."""
+
+    def collate(examples):
+        pairs = [prompt_answer(e["prompt_ids"], e[continuation]) for e in examples]
+        batch = lm_batch([p for p, _ in pairs], [lab for _, lab in pairs], pad_id)
+        batch["prompt_ids"] = [list(e["prompt_ids"]) for e in examples]
+        batch[carried] = [e[carried] for e in examples]
+        return batch
+
+    return collate
+
+
 # --------------------------------------------------------------------------------------------
 # Likelihood
 

@@ -65,15 +65,7 @@ def prepare(cfg, raw: datasets.DatasetDict) -> Prepared:
 
 def collator(pad_id: int):
     """Prompt + summary per example, with the bare prompts and references (for ROUGE)."""
-
-    def collate(examples):
-        pairs = [causal.prompt_answer(e["prompt_ids"], e["summary_ids"]) for e in examples]
-        batch = causal.lm_batch([p for p, _ in pairs], [lab for _, lab in pairs], pad_id)
-        batch["prompt_ids"] = [list(e["prompt_ids"]) for e in examples]
-        batch["reference"] = [e["reference"] for e in examples]
-        return batch
-
-    return collate
+    return causal.continuation_collator(pad_id, "summary_ids", "reference")
 
 
 loss = causal.loss
