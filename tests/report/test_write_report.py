@@ -206,7 +206,8 @@ def test_every_cell_equals_the_runs_summaries(tiny_run_config, tmp_path, capsys)
                 checked += 1
     assert checked >= 2 * 23
     assert "merged: ms / example, batch 1" in tables["Inference cost"][0]  # LoRA folds into the weights
-    for name in ("validation_loss.png", "pareto.png", "time_memory.png", "memory_breakdown.png", "inference.png"):
+    for name in ("validation_loss.png", "metric.png", "pareto.png", "time_memory.png", "memory_breakdown.png",
+                 "inference.png"):
         assert (comparison / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in md
 
@@ -217,7 +218,7 @@ def test_every_cell_equals_the_runs_summaries(tiny_run_config, tmp_path, capsys)
     assert results == [tables["Results"][0]] + tables["Results"][1]
     assert memory == [tables["Memory of one training step"][0]] + tables["Memory of one training step"][1]
     sources = re.findall(r'src="([^"]*)"', page)
-    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 6 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "http://" not in page and "https://" not in page and "<link" not in page
     assert summaries["head"]["git_hash"] in page and summaries["head"]["versions"]["torch"] in page
 
@@ -388,6 +389,6 @@ def test_report_html_renders_in_headless_chromium(tmp_path):
         finally:
             context.close()
     assert rows == ["full", "head", "lora"]  # without a compare.yaml, rows come in name order
-    assert len(images) == 4 and all(complete and width > 0 for complete, width in images), images
+    assert len(images) == 5 and all(complete and width > 0 for complete, width in images), images
     assert all(url.startswith(("file:", "data:")) for url in requests), requests  # self-contained
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000

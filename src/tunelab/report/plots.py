@@ -28,6 +28,8 @@ def make_plots(results: Results, trials: dict[str, list[dict[str, Any]]] | None 
         colors.setdefault(name, plt.get_cmap("tab10")(len(colors) % 10))
     made = [
         ("validation_loss.png", "Validation loss per method", validation_loss(rows, colors)),
+        ("metric.png", f"Validation (light) and test {metric} per method" + error_bars_said(rows, f"test_{metric}"),
+         metric_bars(rows, metric, colors)),
         ("pareto.png", pareto_caption(rows, metric), pareto(rows, results.pareto, colors)),
         ("time_memory.png", "Train time and peak memory", time_memory(rows, colors)),
         ("memory_breakdown.png", "Memory breakdown per method", memory_breakdown(rows)),
@@ -117,13 +119,42 @@ def error_bar(row: Row, key: str, value: float) -> list[list[float]]:
 
 def pareto_caption(rows: list[Row], metric: str) -> str:
     """The Pareto plot's title in the report, saying what its error bars are."""
-    key = f"test_{metric}"
+    return f"Test {metric} against trainable parameters" + error_bars_said(rows, f"test_{metric}")
+
+
+def error_bars_said(rows: list[Row], key: str) -> str:
+    """What :func:`error_bar` drew for ``key``, as the end of a caption ("" where it drew none)."""
     bars = []
     if any(row.interval(key) for row in rows):
         bars.append("95 % Wilson interval over the test examples (at the seeds' mean where there are several)")
     if any(row.interval(key) is None and row.std(key) for row in rows):
         bars.append("± one standard deviation across seeds")
-    return f"Test {metric} against trainable parameters" + (f"; bars: {' or '.join(bars)}" if bars else "")
+    return f"; bars: {' or '.join(bars)}" if bars else ""
+
+
+def metric_bars(rows: list[Row], metric: str, colors: Colors) -> bytes | None:
+    """The primary metric per method, validation (light) above test (with its error bar): the
+    course's bar plot of dev and test accuracy, for methods or, over two comparisons, models."""
+    scored = [row for row in rows if row.mean(f"test_{metric}") is not None
+              or row.mean(f"validation_{metric}") is not None]
+    if not scored:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(scored) + 1.5))
+    height = 0.38
+    for i, row in enumerate(scored):
+        validation, test = row.mean(f"validation_{metric}"), row.mean(f"test_{metric}")
+        if validation is not None:
+            ax.barh(i - height / 2, validation, height, color=colors[row.name], alpha=0.4)
+        if test is not None:
+            ax.barh(i + height / 2, test, height, color=colors[row.name], capsize=3,
+                    xerr=error_bar(row, f"test_{metric}", test))
+    ax.set_yticks(range(len(scored)), [row.name for row in scored])
+    ax.invert_yaxis()
+    ax.set_xlabel(metric)
+    ax.set_title(f"Validation (light) and test {metric} per method")
+    ax.grid(alpha=0.3, axis="x")
+    return png(fig)
 
 
 def label_points(ax, labelled: list[tuple[float, float, str]]) -> None:
