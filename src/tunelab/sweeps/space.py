@@ -35,7 +35,6 @@ from tunelab.config import RunConfig, Tracker, deep_merge, describe_validation_e
 from tunelab.errors import UserError
 from tunelab.schema import Strict
 from tunelab.shipped import resolve_config
-from tunelab.study import encode
 
 RUN_SECTIONS = ("model", "data", "task", "method", "train", "eval")
 
@@ -135,6 +134,8 @@ class Space(BaseModel):
     def suggest(self, trial) -> dict[str, Any]:
         """An Optuna trial's values of the searched keys (the fixed ones of an enqueued point, or
         the sampler's); a list or mapping value is stored as JSON text and given back as itself."""
+        from tunelab.study import encode  # Optuna's helpers: not imported by every `tunelab` process
+
         params = {}
         for key, values in self.grid.items():
             chosen = trial.suggest_categorical(key, [encode({key: v})[key] for v in values])
