@@ -93,17 +93,10 @@ def test_the_median_pruner_stops_a_trial_worse_at_its_first_validation(tmp_path,
     assert list(pruned.intermediate_values) == [2]
 
 
-def test_two_workers_run_disjoint_trials_whose_union_is_the_grid(grid_config, tmp_path):
-    out = tmp_path / "two"
-    assert cli.main(["sweep", "--config", str(grid_config), "--output", str(out), "--workers", "2",
-                     "--no-progress"]) == 0
-    study = load(out)
-    points = [(t.params["method.r"], t.params["train.lr"]) for t in study.trials]
-    assert len(points) == len(set(points)) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
-    assert len({t.user_attrs["worker"] for t in study.trials}) == 2, "both workers ran trials"
-
-
-def test_a_killed_sweep_continues_with_the_same_trials(grid_config, straight, tmp_path):
+def test_a_killed_sweep_continues_on_two_workers_with_the_same_trials(grid_config, straight, tmp_path):
+    """Killed while its second trial trains, then continued by two worker processes: the killed
+    trial resumes in its own run directory, the two workers run disjoint trials whose union is the
+    grid, and every point ends with the uninterrupted sweep's validation number."""
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "tunelab.cli", "sweep", "--config", str(grid_config), "--output", str(out),
                "--no-progress"]
@@ -117,10 +110,16 @@ def test_a_killed_sweep_continues_with_the_same_trials(grid_config, straight, tm
                 break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert cli.main(["sweep", "--config", str(grid_config), "--output", str(out), "--no-progress"]) == 0
+    done_before = {t.number for t in load(out).trials if t.state == TrialState.COMPLETE}
+    assert cli.main(["sweep", "--config", str(grid_config), "--output", str(out), "--workers", "2",
+                     "--no-progress"]) == 0
     study = load(out)
     # the interrupted trial is not failed and repeated: it went back to waiting and resumed its own run
     assert not any(t.state == TrialState.FAIL for t in study.trials) and len(study.trials) == 4
+    points = [(t.params["method.r"], t.params["train.lr"]) for t in study.trials]
+    assert len(set(points)) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    continued = {t.user_attrs["worker"] for t in study.trials if t.number not in done_before}
+    assert len(continued) == 2, "both workers ran trials"
     logs = [p.read_text() for p in (out / "logs").glob("trial-*.log")]
     assert sorted(log.count("$ ") for log in logs) == [1, 1, 1, 2]  # started again in its own run directory
     assert finished(study) == finished(load(straight))  # the same points, the same validation numbers
