@@ -5,8 +5,9 @@ A comparison is a directory of ordinary run directories, one per method and seed
 resolved comparison config), ``configs/`` (each run's resolved config), ``logs/`` (each run's
 output) and the report (``results.csv``, ``report.md``, ``report.html``, PNG plots).
 
-Each run is its own process, ``python -m tunelab.cli train``: its peak memory is its own
-(``ru_maxrss`` is per process), a crash stays inside it, and a killed comparison continues
+Each run is its own process, ``python -m tunelab.cli train`` (forked from a warm server that
+has imported the libraries once, tunelab.warm): its peak memory is its own (``ru_maxrss`` is
+per process), a crash stays inside it, and a killed comparison continues
 where it stopped when the same command runs again: finished runs are skipped and an
 interrupted run resumes from its last snapshot (``tunelab train --resume``).
 """
@@ -25,6 +26,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from tunelab import warm
 from tunelab.compare_config import CompareConfig
 from tunelab.config import (
     RunConfig,
@@ -245,6 +247,23 @@ def run_state(run: PlannedRun) -> str:
     return "restart"
 
 
+def check_directory(plan: Plan) -> None:
+    """A tuned comparison never shares a directory with an untuned one (or the other way round):
+    their runs of one method differ in what chose the learning rate."""
+    existing = plan.directory / "compare.yaml"
+    if not existing.is_file():
+        return
+    try:
+        before = yaml.safe_load(existing.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return
+    tuned_before = bool(isinstance(before, dict) and before.get("tune"))
+    if tuned_before != (plan.config.tune is not None):
+        kind, wanted = ("a tuned", "untuned") if tuned_before else ("an untuned", "tuned")
+        raise UserError(f"{plan.directory} holds {kind} comparison; a {wanted} one needs its own directory: "
+                        f"give --output {plan.directory}-{wanted}")
+
+
 def train_command(run: PlannedRun, state: str, config_file: Path, launcher: str | None = None) -> list[str]:
     base = [*tunelab_command(launcher), "train"]
     if state == "resume":
@@ -254,12 +273,28 @@ def train_command(run: PlannedRun, state: str, config_file: Path, launcher: str 
 
 
 def run_child(command: list[str], log_file: Path, on_progress=None, env: dict[str, str] | None = None) -> int:
-    """Run one training process, its output into ``log_file``; report its step as it goes."""
+    """Run one training process, its output into ``log_file``; report its step as it goes.
+    Forked from the warm server where one is held (tunelab.warm), else started cold."""
     env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
-    linux = sys.platform.startswith("linux")
     with open(log_file, "ab") as log:
         log.write(f"$ {' '.join(command)}\n".encode())
-        log.flush()
+
+    def on_output(chunk: bytes) -> None:
+        found = PROGRESS_PATTERN.findall(chunk)
+        if found and on_progress is not None:
+            step, total = found[-1]
+            on_progress(int(step), int(total))
+
+    cold = tunelab_command(None)
+    server = warm.server() if command[:len(cold)] == cold else None
+    code = warm.run(server, command[len(cold):], env, log_file, on_output) if server is not None else None
+    return code if code is not None else run_cold(command, log_file, on_output, env)
+
+
+def run_cold(command: list[str], log_file: Path, on_output, env: dict[str, str]) -> int:
+    """A new process for the command, its output appended to ``log_file`` and to ``on_output``."""
+    linux = sys.platform.startswith("linux")
+    with open(log_file, "ab") as log:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=die_with_parent if linux else None)
         try:
@@ -267,10 +302,7 @@ def run_child(command: list[str], log_file: Path, on_progress=None, env: dict[st
             while chunk := proc.stdout.read1(65536):
                 log.write(chunk)
                 log.flush()
-                found = PROGRESS_PATTERN.findall(chunk)
-                if found and on_progress is not None:
-                    step, total = found[-1]
-                    on_progress(int(step), int(total))
+                on_output(chunk)
             return proc.wait()
         except BaseException:
             proc.kill()

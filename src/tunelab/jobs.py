@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from tunelab import comparison as compare
 from tunelab import study as studies
+from tunelab import warm
 from tunelab.errors import UserError
 from tunelab.launch import die_with_parent
 from tunelab.tuning import TUNE_DIR, Tuning, decode, tuning_for, write_trial
@@ -270,14 +270,15 @@ def read_summary(run_dir: Path):
 def work(comparison: Comparison, bars: compare.Bars | None = None) -> dict[str, str]:
     """One worker: claim and run jobs until nothing of the plan is left; what it ran."""
     ran = {}
-    while (job := comparison.next_job()) is not None:
-        try:
-            ran[job.key] = comparison.run(job, bars)
-        except BaseException:  # an error or an interrupt: the job goes back for the next command
-            studies.release(job.trial)
-            raise
-        if bars is not None:
-            bars.runs.update(1)
+    with warm.kept():  # its runs fork from one server that imported the libraries once
+        while (job := comparison.next_job()) is not None:
+            try:
+                ran[job.key] = comparison.run(job, bars)
+            except BaseException:  # an error or an interrupt: the job goes back for the next command
+                studies.release(job.trial)
+                raise
+            if bars is not None:
+                bars.runs.update(1)
     return ran
 
 
@@ -305,7 +306,7 @@ def run_comparison(plan: compare.Plan, progress: bool = True, workers: int = 1,
 
     if not 1 <= workers <= 64:
         raise UserError(f"--workers must be between 1 and 64 (got {workers})")
-    check_directory(plan)
+    compare.check_directory(plan)
     plan.directory.mkdir(parents=True, exist_ok=True)
     try:
         lock = FileLock(str(plan.directory / ".compare.lock"), timeout=0)
@@ -324,12 +325,13 @@ def run_comparison(plan: compare.Plan, progress: bool = True, workers: int = 1,
         ended, total = comparison.counts()
         bars = compare.Bars(total, progress)
         bars.runs.update(ended)
-        if workers == 1:
-            work(comparison, bars)
-        else:
-            run_workers(comparison, workers, storage, bars)
-        bars.close()
-        eval_sets.evaluate(plan)
+        with warm.kept():  # one server for the runs and the evaluations on other sets
+            if workers == 1:
+                work(comparison, bars)
+            else:
+                run_workers(comparison, workers, storage, bars)
+            bars.close()
+            eval_sets.evaluate(plan)
         outcome = comparison.outcome()
         failed = {k: v for k, v in outcome.items() if v.startswith("failed")}
         if failed and len(failed) == len(outcome):
@@ -342,23 +344,6 @@ def run_comparison(plan: compare.Plan, progress: bool = True, workers: int = 1,
         return outcome, report.write_report([plan.directory], plan.directory, failed=failed, elsewhere=elsewhere)
     finally:
         lock.release()
-
-
-def check_directory(plan: compare.Plan) -> None:
-    """A tuned comparison never shares a directory with an untuned one (or the other way round):
-    their runs of one method differ in what chose the learning rate."""
-    existing = plan.directory / "compare.yaml"
-    if not existing.is_file():
-        return
-    try:
-        before = yaml.safe_load(existing.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        return
-    tuned_before = bool(isinstance(before, dict) and before.get("tune"))
-    if tuned_before != (plan.config.tune is not None):
-        kind, wanted = ("a tuned", "untuned") if tuned_before else ("an untuned", "tuned")
-        raise UserError(f"{plan.directory} holds {kind} comparison; a {wanted} one needs its own directory: "
-                        f"give --output {plan.directory}-{wanted}")
 
 
 def run_workers(comparison: Comparison, workers: int, storage: str | None, bars: compare.Bars) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from tunelab import warm
 from tunelab.errors import UserError
 from tunelab.study import (
     JOURNAL,
@@ -114,9 +115,10 @@ def work(space: Space, directory: Path, storage_url: str | None) -> None:
     study = optuna.load_study(study_name=STUDY_NAME, storage=storage_for(storage_url, directory),
                               sampler=sampler_for(space), pruner=pruner_for(space))
     (directory / "logs").mkdir(parents=True, exist_ok=True)
-    while (trial := next_trial(study, space)) is not None:
-        try:
-            run_trial(study, trial, space, directory, storage_url)
-        except BaseException:  # an error or an interrupt: the trial goes back for the next command
-            release(trial)
-            raise
+    with warm.kept():  # its trials fork from one server that imported the libraries once
+        while (trial := next_trial(study, space)) is not None:
+            try:
+                run_trial(study, trial, space, directory, storage_url)
+            except BaseException:  # an error or an interrupt: the trial goes back for the next command
+                release(trial)
+                raise
