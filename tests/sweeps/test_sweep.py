@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,6 +94,17 @@ def test_the_median_pruner_stops_a_trial_worse_at_its_first_validation(tmp_path,
     assert list(pruned.intermediate_values) == [2]
 
 
+def test_runs_that_ended_before_the_study_heard_are_told_from_their_summaries(grid_config, straight, tmp_path):
+    """A sweep killed after a trial's run wrote its summary, before the study was told: the run is
+    not started again (it would refuse its finished directory); its summary gives the trial's value."""
+    out = tmp_path / "ended"
+    for run_dir in sorted(straight.glob("trial-*")):
+        shutil.copytree(run_dir, out / run_dir.name)
+    assert cli.main(["sweep", "--config", str(grid_config), "--output", str(out), "--no-progress"]) == 0
+    assert finished(load(out)) == finished(load(straight))
+    assert not list((out / "logs").glob("*.log")), "no run was started"
+
+
 def test_a_killed_sweep_continues_on_two_workers_with_the_same_trials(grid_config, straight, tmp_path):
     """Killed while its second trial trains, then continued by two worker processes: the killed
     trial resumes in its own run directory, the two workers run disjoint trials whose union is the
@@ -103,14 +115,19 @@ def test_a_killed_sweep_continues_on_two_workers_with_the_same_trials(grid_confi
     proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline:  # kill once one trial is done and the next is training
-        time.sleep(0.5)
+        time.sleep(0.02)
         if (out / JOURNAL).exists():
-            states = [t.state for t in load(out).trials]
-            if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+            trials = load(out).trials
+            running = [Path(t.user_attrs["run_dir"]) for t in trials
+                       if t.state == TrialState.RUNNING and "run_dir" in t.user_attrs]
+            if any(t.state == TrialState.COMPLETE for t in trials) and running and \
+                    (running[0] / "config.yaml").exists():
                 break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = {t.number for t in load(out).trials if t.state == TrialState.COMPLETE}
+    # a tiny run may end between the look and the kill: then it is told from its summary, not run again
+    ended_unheard = (running[0] / "summary.json").exists()
     assert cli.main(["sweep", "--config", str(grid_config), "--output", str(out), "--workers", "2",
                      "--no-progress"]) == 0
     study = load(out)
@@ -121,7 +138,8 @@ def test_a_killed_sweep_continues_on_two_workers_with_the_same_trials(grid_confi
     continued = {t.user_attrs["worker"] for t in study.trials if t.number not in done_before}
     assert len(continued) == 2, "both workers ran trials"
     logs = [p.read_text() for p in (out / "logs").glob("trial-*.log")]
-    assert sorted(log.count("$ ") for log in logs) == [1, 1, 1, 2]  # started again in its own run directory
+    # started again in its own run directory, unless it had ended
+    assert sorted(log.count("$ ") for log in logs) == ([1, 1, 1, 1] if ended_unheard else [1, 1, 1, 2])
     assert finished(study) == finished(load(straight))  # the same points, the same validation numbers
 
 

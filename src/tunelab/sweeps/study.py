@@ -89,12 +89,14 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, space: Space, directory:
     (directory / "configs").mkdir(exist_ok=True)
     config_file = directory / "configs" / f"{run_dir.name}.yaml"
     runs.atomic_write_text(config_file, to_yaml(cfg))
-    state = compare.run_state(compare.PlannedRun(run_dir.name, cfg.train.seed, run_dir, cfg))
-    command = compare.train_command(compare.PlannedRun(run_dir.name, cfg.train.seed, run_dir, cfg), state, config_file,
-                                    space.settings.launcher)
-    env = trial_environment(study, trial, study.user_attrs["objective"], space.settings.pruner,
-                            space.settings.pruner_startup_trials, storage_url, directory)
-    code = compare.run_child(command, directory / "logs" / f"{run_dir.name}.log", env=env)
+    planned = compare.PlannedRun(run_dir.name, cfg.train.seed, run_dir, cfg)
+    state = compare.run_state(planned)
+    code = 0  # done: the sweep was killed after the run ended, before the study heard; its summary says how
+    if state != "done":
+        env = trial_environment(study, trial, study.user_attrs["objective"], space.settings.pruner,
+                                space.settings.pruner_startup_trials, storage_url, directory)
+        code = compare.run_child(compare.train_command(planned, state, config_file, space.settings.launcher),
+                                 directory / "logs" / f"{run_dir.name}.log", env=env)
     if code == 130:
         raise KeyboardInterrupt
     if code != 0 or not (run_dir / "summary.json").is_file():
