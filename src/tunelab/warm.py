@@ -7,7 +7,7 @@ server process (``python -m tunelab.warm_server``) that has imported them once, 
 forks a child for each run: the child sets up the run's environment, working directory, output
 (the run's log) and arguments, then is ``tunelab`` as a cold process would be.
 
-What stays as with a cold process: the run's exit code (minus the signal that killed it), its
+What stays as with a cold process: the run's exit code (or minus the signal that killed it), its
 ``ru_maxrss`` (shared pages count), its death with the comparison (the server dies with its
 parent, each child with the server), Ctrl-C (the child gets it; the server ignores it). The
 server starts again when the parent's environment changed, since libraries read some of it at
@@ -27,8 +27,8 @@ import sys
 
 from tunelab.launch import die_with_parent
 
-_held: Server | None = None
-"""The server of this process while :func:`kept` holds one."""
+_held: _Lazy | None = None
+"""The server of this process (started at its first run) while :func:`kept` holds one."""
 
 
 def enabled() -> bool:
@@ -36,7 +36,7 @@ def enabled() -> bool:
 
 
 class Server:
-    """The parent's side: a ``python -m tunelab.warm`` process and its line protocol
+    """The parent's side: a ``python -m tunelab.warm_server`` process and its line protocol
     (request: one JSON line; answers: ``started PID``, then ``ended CODE``; tunelab.warm_server)."""
 
     def __init__(self):

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from conftest import write_sentiment_csv
 from tunelab import cli
+from tunelab.study import process_alive
 from tunelab.sweeps.study import JOURNAL, STUDY_NAME
 
 GRID = {"method.r": [2, 4], "train.lr": [1.0e-2, 2.0e-2]}
@@ -125,6 +126,10 @@ def test_a_killed_sweep_continues_on_two_workers_with_the_same_trials(grid_confi
                 break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # its worker process may take a moment longer to end; while it lives its trial is not taken back
+    workers = {t.user_attrs["worker"] for t in load(out).trials if t.state == TrialState.RUNNING}
+    while any(process_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.02)
     done_before = {t.number for t in load(out).trials if t.state == TrialState.COMPLETE}
     # a tiny run may end between the look and the kill: then it is told from its summary, not run again
     ended_unheard = (running[0] / "summary.json").exists()
