@@ -285,9 +285,9 @@ def run_child(command: list[str], log_file: Path, on_progress=None, env: dict[st
             step, total = found[-1]
             on_progress(int(step), int(total))
 
-    cold = tunelab_command(None)
-    server = warm.server() if command[:len(cold)] == cold else None
-    code = warm.run(server, command[len(cold):], env, log_file, on_output) if server is not None else None
+    prefix = tunelab_command(None)  # `python -m tunelab.cli`: what the warm server's children become
+    server = warm.server(env) if command[:len(prefix)] == prefix else None
+    code = warm.run(server, command[len(prefix):], env, log_file, on_output) if server is not None else None
     return code if code is not None else run_cold(command, log_file, on_output, env)
 
 

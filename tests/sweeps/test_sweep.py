@@ -114,7 +114,7 @@ def test_a_killed_sweep_continues_on_two_workers_with_the_same_trials(grid_confi
     command = [sys.executable, "-m", "tunelab.cli", "sweep", "--config", str(grid_config), "--output", str(out),
                "--no-progress"]
     proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
+    deadline, running = time.time() + 240, []
     while time.time() < deadline:  # kill once one trial is done and the next is training
         time.sleep(0.02)
         if (out / JOURNAL).exists():
@@ -126,6 +126,7 @@ def test_a_killed_sweep_continues_on_two_workers_with_the_same_trials(grid_confi
                 break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert running, "no trial was seen training within 240 s"
     # its worker process may take a moment longer to end; while it lives its trial is not taken back
     workers = {t.user_attrs["worker"] for t in load(out).trials if t.state == TrialState.RUNNING}
     while any(process_alive(pid) for pid in workers) and time.time() < deadline:
