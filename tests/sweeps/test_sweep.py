@@ -118,7 +118,10 @@ def test_a_killed_sweep_continues_on_two_workers_with_the_same_trials(grid_confi
     while time.time() < deadline:  # kill once one trial is done and the next is training
         time.sleep(0.02)
         if (out / JOURNAL).exists():
-            trials = load(out).trials
+            try:
+                trials = load(out).trials
+            except KeyError:  # the journal is there a moment before the study in it
+                continue
             running = [Path(t.user_attrs["run_dir"]) for t in trials
                        if t.state == TrialState.RUNNING and "run_dir" in t.user_attrs]
             if any(t.state == TrialState.COMPLETE for t in trials) and running and \
