@@ -1,7 +1,7 @@
 """Training processes forked from a warm server instead of started cold.
 
 Every run of a comparison, a sweep or a tuned comparison is its own ``tunelab`` process. A cold
-process spends about 3.5 s importing torch, transformers, datasets and accelerate before its
+process spends about 4 s importing torch, transformers, datasets and accelerate before its
 first step; a tiny run trains in less. While a comparison's worker runs its jobs it keeps one
 server process (``python -m tunelab.warm_server``) that has imported them once, never computes, and
 forks a child for each run: the child sets up the run's environment, working directory, output
